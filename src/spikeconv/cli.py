@@ -1,0 +1,234 @@
+"""The ``spikeconv`` command: train, convert, evaluate, demo. Every command is a call of
+the public API; errors in what the user gave are printed as one line and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .calibrate import calibrate
+from .convert import build_snn, load_snn, save_snn
+from .data import DATASETS, DatasetNotFoundError, load_dataset
+from .encoders import CODINGS
+from .experiments import run_demo
+from .graph import ConversionError, trace
+from .io import write_json
+from .metrics import conversion_loss
+from .models import ZOO
+from .network import READOUTS
+from .neurons import RESETS
+from .plotting import plot_accuracy
+from .rules import RULES
+from .simulate import simulate
+from .training import TrainOptions, evaluate_ann, load_model, model_from_record, train
+
+__all__ = ["main", "build_parser"]
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _steps(text: str) -> list[int]:
+    try:
+        steps = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from error
+    if not steps or min(steps) <= 0:
+        raise argparse.ArgumentTypeError(f"steps must be positive integers, got {text!r}")
+    return steps
+
+
+def _add_data(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    parser.add_argument(
+        "--dataset", choices=DATASETS, default=default, help="dataset (default: the one the model was made for)"
+    )
+    parser.add_argument(
+        "--data-root", type=Path, default=None, help="folder holding MNIST/raw/*.gz or cifar10-jpeg/ (not for digits)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spikeconv", description="Convert trained CNNs into spiking networks, simulate and measure them."
+    )
+    parser.add_argument("--version", action="version", version=f"spikeconv {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
+    common.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", parents=[common], help="train a zoo model (seeded; resumes from --out if it exists)")
+    p.add_argument("--model", choices=list(ZOO), required=True, help="architecture from the zoo")
+    _add_data(p)
+    p.add_argument("--epochs", type=_positive_int, default=10)
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (cosine-annealed)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="checkpoint file (written after every epoch)")
+
+    p = sub.add_parser("convert", parents=[common], help="convert a trained model into a spiking network")
+    p.add_argument("--model", type=Path, required=True, help="checkpoint written by `spikeconv train`")
+    _add_data(p)
+    p.add_argument("--rule", choices=list(RULES), default="nscaling", help="weight/threshold mapping rule")
+    p.add_argument("--n", type=float, default=None, help="nscaling: the n of f = n * a_M (default 0.5)")
+    p.add_argument("--base", choices=["maxnorm", "nscaling"], default=None, help="threshold: whose scales to use")
+    p.add_argument("--reset", choices=RESETS, default="zero")
+    p.add_argument("--v-min", default="auto", help="membrane lower bound: auto (Yang eq. 17), none, or a number")
+    p.add_argument("--readout", choices=READOUTS, default="spikes")
+    p.add_argument("--spiking-pool", action="store_true", help="give average pools their own IF neurons (Yang)")
+    p.add_argument("--calibration-size", type=_positive_int, default=5000, help="training images for statistics")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration subset")
+    p.add_argument("--out", type=Path, required=True, help="where to write the converted network")
+
+    p = sub.add_parser("evaluate", parents=[common], help="simulate converted networks on the test set; JSON and a plot")
+    p.add_argument("--snn", type=Path, nargs="+", required=True, help="files written by `spikeconv convert`")
+    _add_data(p)
+    p.add_argument("-T", "--T", dest="T", type=_positive_int, default=100, help="time steps")
+    p.add_argument("--coding", choices=CODINGS, default="constant")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=_positive_int, default=100)
+    p.add_argument("--test-size", type=_positive_int, default=None, help="a seeded subset of the test set")
+    p.add_argument("--steps", type=_steps, default=None, help="steps to print, e.g. 10,20,50,100")
+    p.add_argument("--device", default=None, help="torch device, e.g. cuda")
+    p.add_argument("--out", type=Path, default=None, help="results JSON")
+    p.add_argument("--plot", type=Path, default=None, help="PNG of accuracy against time step")
+
+    p = sub.add_parser("demo", parents=[common], help="train on the embedded 8x8 digits, convert, simulate, plot")
+    p.add_argument("--out-dir", type=Path, default=Path("demo_out"))
+    p.add_argument("--epochs", type=_positive_int, default=30)
+    p.add_argument("-T", "--T", dest="T", type=_positive_int, default=200)
+    p.add_argument("--coding", choices=CODINGS, default="poisson", help="input coding (Yang: poisson)")
+    p.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return int(COMMANDS[args.command](args) or 0)
+    except (ConversionError, DatasetNotFoundError, FileNotFoundError, ValueError, TypeError) as error:
+        print(f"spikeconv {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _dataset_name(args: argparse.Namespace, arch: str) -> str:
+    name = args.dataset or ZOO[arch].dataset
+    if name not in DATASETS:
+        raise ValueError(f"model {arch!r} is meant for {name!r}, which has no loader here; pass --dataset")
+    return name
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    name = _dataset_name(args, args.model)
+    train_set = load_dataset(name, "train", args.data_root)
+    test_set = load_dataset(name, "test", args.data_root)
+    options = TrainOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    _, record = train(args.model, train_set, test_set, options, args.out, progress=not args.quiet)
+    print(f"{args.model}: test accuracy {record['history'][-1]['test_accuracy']:.2f} % -> {args.out}")
+
+
+def _rule_options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if args.n is not None:
+        options["n"] = args.n
+    if args.base is not None:
+        if args.rule != "threshold":
+            raise ValueError("--base only applies to --rule threshold")
+        options["base"] = args.base
+    return options
+
+
+def _parse_v_min(text: str) -> float | str | None:
+    if text in ("auto", "none"):
+        return None if text == "none" else "auto"
+    try:
+        return float(text)
+    except ValueError as error:
+        raise ValueError(f"--v-min must be auto, none or a number <= 0, got {text!r}") from error
+
+
+def _cmd_convert(args: argparse.Namespace) -> None:
+    model, record = load_model(args.model)
+    name = _dataset_name(args, record["arch"])
+    calibration = load_dataset(name, "train", args.data_root).subset(args.calibration_size, seed=args.seed)
+    traced = trace(model, tuple(record["input_shape"]), spiking_pool=args.spiking_pool)
+    stats = calibrate(traced, calibration.tensors()[0], max_images=None)
+    snn = build_snn(
+        traced, stats, args.rule, reset=args.reset, v_min=_parse_v_min(args.v_min), readout=args.readout,
+        **_rule_options(args),
+    )  # fmt: skip
+    save_snn(args.out, snn, {k: record[k] for k in ("format", "arch", "input_shape", "state_dict")} | {"dataset": name})
+    assert snn.info is not None
+    mapping = snn.info.mapping
+    print(f"{record['arch']} -> {args.rule} ({stats.images} calibration images), reset {args.reset}")
+    print(f"{'layer':>8} {'a_M':>10} {'f':>10} {'lambda':>10} {'unsaturated':>12} {'V_min^l':>10}")
+    for layer in mapping.layers:
+        print(
+            f"{layer.name:>8} {layer.max_activation:10.4f} {layer.factor:10.4f} {layer.scale:10.4f} "
+            f"{100 * layer.unsaturated:11.2f}% {layer.v_min:10.4f}"
+        )
+    print(f"V_min = {mapping.v_min:.4f}, membrane integer bits N = {mapping.membrane_bits} -> {args.out}")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    results: dict[str, Any] = {"T": args.T, "coding": args.coding, "seed": args.seed, "networks": {}}
+    curves = {}
+    ann_accuracy = None
+    for path in args.snn:
+        snn, ann = load_snn(path)
+        name = args.dataset or (ann or {}).get("dataset")
+        if name is None:
+            raise ValueError(f"{path} does not record its dataset: pass --dataset")
+        test = load_dataset(name, "test", args.data_root).subset(args.test_size, seed=args.seed)
+        entry: dict[str, Any] = {"dataset": name}
+        if ann is not None:
+            ann_accuracy = entry["ann_accuracy"] = evaluate_ann(model_from_record(ann), test)
+        result = simulate(
+            snn, test, T=args.T, coding=args.coding, seed=args.seed, batch_size=args.batch_size,
+            device=args.device, progress=not args.quiet,
+        )  # fmt: skip
+        entry.update(result.to_dict())
+        if snn.info is not None:
+            entry["mapping"] = snn.info.mapping.to_dict()
+        if ann_accuracy is not None:
+            entry["conversion_loss"] = conversion_loss(ann_accuracy, result.final_accuracy)
+        label = f"{path.stem}"
+        results["networks"][label] = entry
+        curves[label] = result.accuracy_curve()
+        steps = args.steps or sorted({s for s in (10, 20, 50, 100, 200, 500, 1000) if s < args.T} | {args.T})
+        shown = ", ".join(f"T={s}: {result.accuracy_at(s):.2f} %" for s in steps if s <= args.T)
+        ann_text = f"ANN {ann_accuracy:.2f} %, " if ann_accuracy is not None else ""
+        print(f"{label} ({len(test)} images): {ann_text}{shown}")
+        print(f"  latency(0.1 pp) {result.latency():d} steps, {entry['spikes_per_image']:.0f} spikes/image")
+    if args.out:
+        write_json(args.out, results)
+        print(f"results -> {args.out}")
+    if args.plot:
+        plot_accuracy(curves, args.plot, ann_accuracy=ann_accuracy, title=f"accuracy over time ({args.coding} input)")
+        print(f"plot -> {args.plot}")
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    record = run_demo(
+        args.out_dir, epochs=args.epochs, T=args.T, coding=args.coding, seed=args.seed, progress=not args.quiet
+    )
+    print(record["table"])
+    print(f"results -> {args.out_dir / 'demo.json'}, plot -> {args.out_dir / 'accuracy.png'}")
+
+
+COMMANDS = {"train": _cmd_train, "convert": _cmd_convert, "evaluate": _cmd_evaluate, "demo": _cmd_demo}
+
+if __name__ == "__main__":
+    sys.exit(main())

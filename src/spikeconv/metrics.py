@@ -1,0 +1,56 @@
+"""Measurements of a converted network: latency, conversion loss, rate-activation fit.
+
+Plain functions over tensors and results; accuracies in percent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .network import SpikingNetwork
+
+__all__ = ["latency", "steps_to_reach", "conversion_loss", "rate_correlation"]
+
+
+def latency(accuracy: Tensor, margin: float = 0.1) -> int:
+    """First step t (1-based) from which ``accuracy[t-1:]`` stays within ``margin``
+    percentage points of the final accuracy."""
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    accuracy = torch.as_tensor(accuracy, dtype=torch.float64)
+    outside = ((accuracy - accuracy[-1]).abs() > margin + 1e-9).nonzero()
+    return 1 if len(outside) == 0 else int(outside[-1]) + 2
+
+
+def steps_to_reach(accuracy: Tensor, target: float) -> int | None:
+    """First step t (1-based) at which the accuracy is >= ``target``; ``None`` if never."""
+    reached = (torch.as_tensor(accuracy, dtype=torch.float64) >= target - 1e-9).nonzero()
+    return None if len(reached) == 0 else int(reached[0]) + 1
+
+
+def conversion_loss(ann_accuracy: float, snn_accuracy: float) -> float:
+    """ANN accuracy minus SNN accuracy, in percentage points."""
+    return ann_accuracy - snn_accuracy
+
+
+def rate_correlation(snn: SpikingNetwork, images: Tensor, T: int = 100, coding: str = "constant", seed: int = 0) -> dict[str, Any]:
+    """Per layer: Pearson correlation between each neuron's firing rate after ``T`` steps
+    and its normalized ANN activation clipped to [0, 1] (Rueckauer Fig. 3), and the mean
+    absolute difference. ``images``: a small batch (every neuron's count is kept)."""
+    from .simulate import simulate
+
+    result = simulate(snn, images, T=T, coding=coding, seed=seed, record_counts=True)
+    assert result.spike_counts is not None
+    ideal = snn.analog_forward(images)
+    report = {}
+    for (name, counts), target in zip(result.spike_counts.items(), ideal, strict=True):
+        rate = counts.double().flatten() / T
+        target = target.double().clamp(0, 1).flatten()
+        if rate.std() == 0 or target.std() == 0:
+            corr = float("nan")
+        else:
+            corr = float(torch.corrcoef(torch.stack([rate, target]))[0, 1])
+        report[name] = {"correlation": corr, "mean_abs_error": float((rate - target).abs().mean())}
+    return report

@@ -1,0 +1,410 @@
+"""Clock-driven simulation of a converted network over T steps, recording the prediction
+after every step so one run gives the accuracy at every t <= T.
+
+Two simulators share the neuron step (:func:`spikeconv.neurons.if_step`) and the encoder:
+
+* ``method="fast"`` (default) is time-batched: for a chunk of steps it computes a stage's
+  synaptic input for all of them as one batched tensor op, then runs the IF recurrence over
+  t; then the next stage. With constant (analog) input the first stage's current is
+  computed once. Chunks bound the memory for any T x batch.
+* ``method="reference"`` steps the whole network one time step at a time (the textbook
+  loop). It is the oracle the fast path is tested against: both give identical spikes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from .encoders import CODINGS, encode
+from .fixedpoint import FixedPoint, quantize_network
+from .inputs import iter_batches
+from .neurons import if_step
+from .network import SpikingNetwork, SpikingStage
+
+__all__ = ["SimulationResult", "simulate", "METHODS"]
+
+METHODS = ("fast", "reference")
+DEFAULT_MEMORY_BYTES = 512 * 2**20  # activations of one time chunk
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimulationResult:
+    """What one simulation measured. Accuracies are in percent."""
+
+    T: int
+    coding: str
+    predictions: Tensor  # [N] class after T steps
+    output_counts: Tensor  # [N, classes] output spikes after T steps
+    output_membrane: Tensor  # [N, classes] output membrane potential after T steps
+    labels: Tensor | None  # [N]
+    correct_per_step: Tensor | None  # [T] number of correct predictions after each step
+    spikes_per_layer: dict[str, float]  # total spikes of each layer, all images and steps
+    neurons_per_layer: dict[str, int]
+    spikes_per_image: Tensor  # [N] spikes of all layers (input spikes not included)
+    input_spikes_per_image: Tensor  # [N] spikes of the input encoder (0 for constant input)
+    spikes_per_step: Tensor  # [T] spikes of all layers in each step, summed over images
+    wall_time_s: float
+    fixed_point: dict[str, Any] | None = None  # the number format, when simulated in fixed point
+    spike_counts: dict[str, Tensor] | None = field(default=None, repr=False)  # per neuron [N, ...]
+    spike_trains: dict[str, Tensor] | None = field(default=None, repr=False)  # [T, N, ...]
+
+    @property
+    def num_images(self) -> int:
+        return int(self.predictions.shape[0])
+
+    @property
+    def accuracy(self) -> Tensor | None:
+        """Accuracy after each step, ``[T]``, in percent (``None`` without labels)."""
+        if self.correct_per_step is None:
+            return None
+        return 100.0 * self.correct_per_step.double() / self.num_images
+
+    def accuracy_curve(self) -> Tensor:
+        """Accuracy after each step, ``[T]``; raises when the simulation had no labels."""
+        accuracy = self.accuracy
+        if accuracy is None:
+            raise ValueError("this simulation had no labels: pass (images, labels) to simulate()")
+        return accuracy
+
+    @property
+    def final_accuracy(self) -> float:
+        return float(self.accuracy_curve()[-1])
+
+    def accuracy_at(self, t: int) -> float:
+        """Accuracy after step ``t`` (1-based)."""
+        if not 1 <= t <= self.T:
+            raise ValueError(f"t must be in 1..{self.T}, got {t}")
+        return float(self.accuracy_curve()[t - 1])
+
+    def latency(self, margin: float = 0.1) -> int:
+        """First step from which the accuracy stays within ``margin`` percentage points of
+        its final value."""
+        from .metrics import latency
+
+        return latency(self.accuracy_curve(), margin)
+
+    def steps_to_reach(self, target: float) -> int | None:
+        """First step at which the accuracy reaches ``target`` percent (``None``: never)."""
+        from .metrics import steps_to_reach
+
+        return steps_to_reach(self.accuracy_curve(), target)
+
+    @property
+    def firing_rates(self) -> dict[str, float]:
+        """Mean spikes per neuron per step of each layer."""
+        return {
+            name: total / (self.neurons_per_layer[name] * self.num_images * self.T)
+            for name, total in self.spikes_per_layer.items()
+        }
+
+    def to_dict(self, steps: list[int] | None = None) -> dict[str, Any]:
+        """A JSON-ready summary; the accuracy curve in full, or only at ``steps``."""
+        out: dict[str, Any] = {
+            "T": self.T,
+            "coding": self.coding,
+            "images": self.num_images,
+            "spikes_per_image": float(self.spikes_per_image.double().mean()),
+            "input_spikes_per_image": float(self.input_spikes_per_image.double().mean()),
+            "spikes_per_layer_per_image": {k: v / self.num_images for k, v in self.spikes_per_layer.items()},
+            "firing_rates": self.firing_rates,
+            "wall_time_s": self.wall_time_s,
+        }
+        if self.fixed_point is not None:
+            out["fixed_point"] = self.fixed_point
+        accuracy = self.accuracy
+        if accuracy is not None:
+            out["final_accuracy"] = float(accuracy[-1])
+            chosen = steps if steps is not None else list(range(1, self.T + 1))
+            out["accuracy"] = {str(t): float(accuracy[t - 1]) for t in chosen if 1 <= t <= self.T}
+            out["latency_0.1"] = self.latency(0.1)
+        return out
+
+
+def simulate(
+    snn: SpikingNetwork,
+    data: Any,
+    T: int = 100,
+    coding: str = "constant",
+    seed: int = 0,
+    batch_size: int = 100,
+    *,
+    method: str = "fast",
+    device: str | torch.device | None = None,
+    memory_bytes: int = DEFAULT_MEMORY_BYTES,
+    progress: bool = False,
+    record_counts: bool = False,
+    record_trains: bool = False,
+    fixed_point_bits: int | None = None,
+    integer_bits: int | None = None,
+) -> SimulationResult:
+    """Simulate ``snn`` on ``data`` for ``T`` steps.
+
+    ``data``: a tensor of images in [0, 1], an ``(images, labels)`` pair, an
+    :class:`~spikeconv.data.ImageDataset`, or an iterable of ``(x, y)`` batches.
+    ``coding``: ``constant``, ``poisson`` or ``deterministic`` (see
+    :mod:`spikeconv.encoders`); ``seed`` seeds the Poisson draws. ``device`` moves the
+    network there. ``record_counts`` keeps each neuron's spike count, ``record_trains``
+    every spike (small runs only).
+
+    ``fixed_point_bits``: simulate with weights, currents and membrane potentials as signed
+    fixed-point numbers of this total width (``None``: float). The integer bits are
+    ``integer_bits`` or, by default, the rule's N from V_min (Yang Sec. 3.4); see
+    :mod:`spikeconv.fixedpoint`."""
+    if not isinstance(T, int) or isinstance(T, bool) or T <= 0:
+        raise ValueError(f"T (number of time steps) must be a positive integer, got {T!r}")
+    if coding not in CODINGS:
+        raise ValueError(f"coding must be one of {CODINGS}, got {coding!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if not isinstance(snn, SpikingNetwork):
+        raise TypeError(f"simulate() takes a SpikingNetwork from spikeconv.convert(), not {type(snn).__name__}")
+    if device is not None:
+        snn = snn.to(device)
+    fixed, zero_weights = None, None
+    if fixed_point_bits is not None:
+        fixed = _fixed_point(snn, fixed_point_bits, integer_bits)
+        snn, zero_weights = quantize_network(snn, fixed)  # type: ignore[assignment]
+    device = next(snn.parameters()).device if any(True for _ in snn.parameters()) else torch.device("cpu")
+    generator = torch.Generator(device=device).manual_seed(seed)
+    stages = snn.spiking_stages
+    names = [s.name for s in stages]
+    started = time.perf_counter()
+    records: list[_BatchRecord] = []
+    labels: list[Tensor] = []
+    numels: list[int] | None = None
+    batches = iter_batches(data, batch_size=batch_size, input_shape=snn.input_shape)
+    total = len(data) if hasattr(data, "__len__") and not isinstance(data, tuple) else None
+    bar = tqdm(total=total, unit="img", desc=f"simulate T={T}", disable=not progress)
+    with torch.inference_mode():
+        for x, y in batches:
+            x = x.to(device=device, dtype=snn.dtype)
+            if numels is None:
+                numels = [int(a[0].numel()) for a in snn.analog_forward(x[:1])]
+            if method == "fast":
+                chunk = _chunk_steps(T, len(x), int(x[0].numel()) + 2 * sum(numels), x.element_size(), memory_bytes)
+                record = _run_fast(snn, x, y, T, coding, generator, chunk, fixed, record_counts, record_trains)
+            else:
+                record = _run_reference(snn, x, y, T, coding, generator, fixed, record_counts, record_trains)
+            records.append(record)
+            if y is not None:
+                labels.append(y.cpu())
+            bar.update(len(x))
+    bar.close()
+    if not records:
+        raise ValueError("no images to simulate: data is empty")
+    if labels and len(labels) != len(records):
+        raise ValueError("some batches have labels and some do not")
+    cat = torch.cat
+    return SimulationResult(
+        T=T,
+        coding=coding,
+        predictions=cat([r.predictions for r in records]),
+        output_counts=cat([r.output_counts for r in records]),
+        output_membrane=cat([r.output_membrane for r in records]),
+        labels=cat(labels) if labels else None,
+        correct_per_step=torch.stack([r.correct for r in records]).sum(0) if labels else None,
+        spikes_per_layer={n: float(sum(float(r.layer_spikes[i].sum()) for r in records)) for i, n in enumerate(names)},
+        neurons_per_layer=dict(zip(names, numels or [], strict=True)),
+        spikes_per_image=cat([torch.stack(r.layer_spikes).sum(0) for r in records]),
+        input_spikes_per_image=cat([r.input_spikes for r in records]),
+        spikes_per_step=torch.stack([r.step_spikes for r in records]).sum(0),
+        wall_time_s=time.perf_counter() - started,
+        fixed_point=None if fixed is None else fixed.to_dict() | {"zero_weight_fraction": zero_weights},
+        spike_counts={n: cat([r.counts[i] for r in records]) for i, n in enumerate(names)} if record_counts else None,
+        spike_trains={n: cat([r.trains[i] for r in records], 1) for i, n in enumerate(names)} if record_trains else None,
+    )
+
+
+def _fixed_point(snn: SpikingNetwork, bits: int, integer_bits: int | None) -> FixedPoint:
+    if integer_bits is None:
+        if snn.info is None:
+            raise ValueError("this network has no conversion record to take V_min from: pass integer_bits=")
+        integer_bits = snn.info.mapping.membrane_bits
+    if any(stage.neuron.threshold != 1.0 for stage in snn.spiking_stages):
+        raise ValueError(
+            "fixed-point simulation needs threshold 1 in every layer (a weight-scaling rule such as maxnorm or "
+            "nscaling), not threshold balancing"
+        )
+    return FixedPoint(bits=bits, integer_bits=integer_bits)
+
+
+def _chunk_steps(T: int, batch: int, numel_per_step: int, element_size: int, memory_bytes: int) -> int:
+    per_step = max(1, batch * numel_per_step * element_size)
+    return max(1, min(T, memory_bytes // per_step))
+
+
+@dataclass
+class _BatchRecord:
+    predictions: Tensor
+    output_counts: Tensor
+    output_membrane: Tensor
+    correct: Tensor  # [T] (zeros when no labels)
+    layer_spikes: list[Tensor]  # per layer [B]
+    input_spikes: Tensor  # [B]
+    step_spikes: Tensor  # [T] all layers, summed over the batch
+    counts: list[Tensor]  # per layer [B, ...] when recorded
+    trains: list[Tensor]  # per layer [T, B, ...] when recorded
+
+
+class _Readout:
+    """Running output counts and the prediction after every step: argmax of the spike
+    count, ties broken by the output membrane potential (membrane readout: argmax V)."""
+
+    def __init__(self, snn: SpikingNetwork, y: Tensor | None, T: int, device: torch.device) -> None:
+        self.membrane_readout = snn.readout == "membrane"
+        self.y = None if y is None else y.to(device)
+        self.correct = torch.zeros(T, dtype=torch.int64)
+        self.counts: Tensor | None = None
+        self.t = 0
+
+    def update(self, spikes: Tensor, membrane: Tensor) -> None:
+        """``spikes`` and ``membrane``: the output layer's ``[steps, B, C]``."""
+        base = self.counts if self.counts is not None else torch.zeros_like(spikes[0])
+        counts = base + torch.cumsum(spikes, 0)
+        if self.membrane_readout:
+            predictions = membrane.argmax(-1)
+        else:
+            top = counts.amax(-1, keepdim=True)
+            predictions = torch.where(counts == top, membrane, -math.inf).argmax(-1)
+        if self.y is not None:
+            self.correct[self.t : self.t + len(spikes)] = (predictions == self.y).sum(1).cpu()
+        self.counts = counts[-1]
+        self.predictions = predictions[-1]
+        self.membrane = membrane[-1]
+        self.t += len(spikes)
+
+
+def _run_fast(
+    snn: SpikingNetwork,
+    x: Tensor,
+    y: Tensor | None,
+    T: int,
+    coding: str,
+    generator: torch.Generator,
+    chunk: int,
+    fixed: FixedPoint | None,
+    record_counts: bool,
+    record_trains: bool,
+) -> _BatchRecord:
+    stages = snn.spiking_stages
+    batch = len(x)
+    state: list[Tensor | None] = [None] * len(stages)
+    acc = _Accumulator(len(stages), batch, T, x.device, record_counts, record_trains)
+    readout = _Readout(snn, y, T, x.device)
+    constant_current = stages[0].synapse(x) if coding == "constant" else None
+    for start in range(0, T, chunk):
+        steps = min(chunk, T - start)
+        if constant_current is None:
+            layer_input = encode(x, coding, start, start + steps, generator)
+            acc.add_input(layer_input)
+        for index, stage in enumerate(stages):
+            if index == 0 and constant_current is not None:
+                current = constant_current.unsqueeze(0).expand(steps, *constant_current.shape)
+            else:
+                current = stage.synapse(layer_input.flatten(0, 1)).unflatten(0, (steps, batch))
+            spikes, membranes, state[index] = _recurrence(stage, current, state[index], snn.readout, fixed)
+            if membranes is not None:
+                readout.update(spikes, membranes)
+            acc.add_layer(index, spikes, start)
+            layer_input = spikes
+    return acc.finish(readout)
+
+
+def _run_reference(
+    snn: SpikingNetwork,
+    x: Tensor,
+    y: Tensor | None,
+    T: int,
+    coding: str,
+    generator: torch.Generator,
+    fixed: FixedPoint | None,
+    record_counts: bool,
+    record_trains: bool,
+) -> _BatchRecord:
+    stages = snn.spiking_stages
+    state: list[Tensor | None] = [None] * len(stages)
+    acc = _Accumulator(len(stages), len(x), T, x.device, record_counts, record_trains)
+    readout = _Readout(snn, y, T, x.device)
+    for t in range(T):
+        layer_input = encode(x, coding, t, t + 1, generator)
+        if coding != "constant":
+            acc.add_input(layer_input)
+        for index, stage in enumerate(stages):
+            current = stage.synapse(layer_input[0]).unsqueeze(0)
+            spikes, membranes, state[index] = _recurrence(stage, current, state[index], snn.readout, fixed)
+            if membranes is not None:
+                readout.update(spikes, membranes)
+            acc.add_layer(index, spikes, t)
+            layer_input = spikes
+    return acc.finish(readout)
+
+
+class _Accumulator:
+    """Spike totals per layer and image (and, when asked, per neuron and per step)."""
+
+    def __init__(self, layers: int, batch: int, T: int, device: torch.device, counts: bool, trains: bool) -> None:
+        self.layer_spikes = [torch.zeros(batch, dtype=torch.float64, device=device) for _ in range(layers)]
+        self.step_spikes = torch.zeros(T, dtype=torch.float64, device=device)
+        self.input_spikes = torch.zeros(batch, dtype=torch.float64, device=device)
+        self.counts: list[Tensor | None] = [None] * layers if counts else []
+        self.trains: list[list[Tensor]] = [[] for _ in range(layers)] if trains else []
+
+    def add_input(self, spikes: Tensor) -> None:
+        self.input_spikes += spikes.flatten(2).sum((0, 2), dtype=torch.float64)
+
+    def add_layer(self, index: int, spikes: Tensor, start: int) -> None:
+        """``spikes`` ``[steps, B, ...]`` of layer ``index`` for steps ``start+1 ..``."""
+        self.step_spikes[start : start + len(spikes)] += spikes.flatten(1).sum(1, dtype=torch.float64)
+        per_neuron = spikes.sum(0)
+        self.layer_spikes[index] += per_neuron.flatten(1).sum(1, dtype=torch.float64)
+        if self.counts:
+            previous = self.counts[index]
+            self.counts[index] = per_neuron if previous is None else previous + per_neuron
+        if self.trains:
+            self.trains[index].append(spikes.clone())
+
+    def finish(self, readout: _Readout) -> _BatchRecord:
+        return _BatchRecord(
+            predictions=readout.predictions.cpu(),
+            output_counts=readout.counts.cpu(),  # type: ignore[union-attr]
+            output_membrane=readout.membrane.cpu(),
+            correct=readout.correct,
+            layer_spikes=[s.cpu() for s in self.layer_spikes],
+            input_spikes=self.input_spikes.cpu(),
+            step_spikes=self.step_spikes.cpu(),
+            counts=[c.cpu() for c in self.counts if c is not None],
+            trains=[torch.cat(chunks).cpu() for chunks in self.trains],
+        )
+
+
+def _recurrence(
+    stage: SpikingStage, current: Tensor, v: Tensor | None, readout: str, fixed: FixedPoint | None
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """The IF recurrence over the steps of ``current`` ``[steps, B, ...]``. Returns the
+    spikes, the membrane after each step (output stage only) and the final membrane.
+    In fixed point the current is rounded to the grid and the membrane saturates."""
+    if fixed is not None:
+        current = fixed.quantize(current)
+    if v is None:
+        v = torch.zeros_like(current[0])
+    spikes = torch.empty_like(current)
+    membranes = torch.empty_like(current) if stage.is_output else None
+    integrate_only = stage.is_output and readout == "membrane"
+    for k in range(len(current)):
+        if integrate_only:
+            v = v + current[k]
+            spikes[k] = 0.0
+        else:
+            spikes[k], v = if_step(current[k], v, stage.neuron)
+        if fixed is not None:
+            v = fixed.saturate(v)
+        if membranes is not None:
+            membranes[k] = v
+    return spikes, membranes, v

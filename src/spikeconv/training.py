@@ -1,0 +1,152 @@
+"""Seeded, resumable training of the ANN that will be converted.
+
+The checkpoint (written atomically after every epoch) holds the model, the optimizer and
+scheduler, the shuffling generator and the history, so a run that is stopped resumes where
+it was and ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .data import ImageDataset
+from .io import load_torch, save_torch
+from .models import ZOO, build_model
+
+__all__ = ["TrainOptions", "train", "evaluate_ann", "save_model", "load_model", "model_from_record"]
+
+MODEL_FORMAT = "spikeconv-model/1"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainOptions:
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3  # Adam, cosine-annealed to 0 over the run
+    weight_decay: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs <= 0 or self.batch_size <= 0 or self.lr <= 0:
+            raise ValueError(f"epochs, batch_size and lr must be positive: {self}")
+
+
+@torch.inference_mode()
+def evaluate_ann(model: nn.Module, data: ImageDataset, batch_size: int = 500) -> float:
+    """Top-1 accuracy of the ANN, in percent."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for x, y in data.batches(batch_size):
+        correct += int((model(x).argmax(1) == y).sum())
+    model.train(was_training)
+    return 100.0 * correct / len(data)
+
+
+def train(
+    arch: str,
+    train_set: ImageDataset,
+    test_set: ImageDataset | None,
+    options: TrainOptions,
+    checkpoint: str | Path,
+    *,
+    progress: bool = True,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train zoo model ``arch``; resume from ``checkpoint`` if it exists. Returns the model
+    and the checkpoint record (with per-epoch history)."""
+    checkpoint = Path(checkpoint)
+    torch.manual_seed(options.seed)
+    model = build_model(arch)
+    expected = ZOO[arch].input_shape
+    if train_set.input_shape != expected:
+        raise ValueError(f"model {arch!r} expects inputs {expected} but {train_set.name} has {train_set.input_shape}")
+    optimizer = torch.optim.Adam(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    steps_per_epoch = -(-len(train_set) // options.batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.epochs * steps_per_epoch)
+    generator = torch.Generator().manual_seed(options.seed)
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    if checkpoint.exists():
+        state = load_torch(checkpoint, "checkpoint")
+        if state.get("arch") != arch or state.get("options") != asdict(options):
+            raise ValueError(
+                f"checkpoint {checkpoint} was written for {state.get('arch')} with {state.get('options')}, "
+                f"not {arch} with {asdict(options)}: pass another --out or delete it to start afresh"
+            )
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        history = state["history"]
+        start_epoch = state["epoch"]
+    loss_fn = nn.CrossEntropyLoss()
+    record: dict[str, Any] = {}
+    for epoch in range(start_epoch, options.epochs):
+        model.train()
+        total_loss, seen = 0.0, 0
+        batches = train_set.batches(options.batch_size, shuffle=True, generator=generator)
+        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{options.epochs}", disable=not progress)
+        for x, y in bar:
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total_loss += float(loss.detach()) * len(y)
+            seen += len(y)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+        entry = {"epoch": epoch + 1, "train_loss": total_loss / seen}
+        if test_set is not None:
+            entry["test_accuracy"] = evaluate_ann(model, test_set)
+        history.append(entry)
+        if progress:
+            tqdm.write(", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()))
+        record = _checkpoint_record(arch, model, options, history)
+        record.update(
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+            generator=generator.get_state(),
+            epoch=epoch + 1,
+        )
+        save_torch(checkpoint, record)
+    if not record:  # already complete on entry
+        record = load_torch(checkpoint, "checkpoint")
+    model.eval()
+    return model, record
+
+
+def _checkpoint_record(arch: str, model: nn.Module, options: TrainOptions, history: list) -> dict[str, Any]:
+    return {
+        "format": MODEL_FORMAT,
+        "arch": arch,
+        "input_shape": ZOO[arch].input_shape,
+        "state_dict": model.state_dict(),
+        "options": asdict(options),
+        "history": history,
+    }
+
+
+def save_model(path: str | Path, arch: str, model: nn.Module) -> None:
+    """Save a zoo model's weights in the format :func:`load_model` reads."""
+    save_torch(path, _checkpoint_record(arch, model, TrainOptions(), []))
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a zoo model from a checkpoint written by ``train``/``save_model``."""
+    state = load_torch(path, "model")
+    if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path} is not a spikeconv model checkpoint (written by `spikeconv train`)")
+    return model_from_record(state), state
+
+
+def model_from_record(record: dict[str, Any]) -> nn.Module:
+    """The zoo model a checkpoint record describes, with its weights, in eval mode."""
+    model = build_model(record["arch"])
+    model.load_state_dict(record["state_dict"])
+    return model.eval()

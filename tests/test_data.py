@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from spikeconv.data import DatasetNotFoundError, load_dataset, load_digits, load_image_folder, load_mnist, read_idx
+
+
+def _write_idx(path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.astype(np.uint8).tobytes())
+
+
+def _fake_mnist(root, n=7):
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(n, 28, 28))
+    labels = rng.integers(0, 10, size=n)
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte.gz", images)
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return images, labels
+
+
+def test_mnist_idx_files_are_read_in_torchvision_layout(tmp_path):
+    images, labels = _fake_mnist(tmp_path)
+    data = load_mnist(tmp_path, "test")
+    assert data.images.shape == (7, 1, 28, 28) and data.images.dtype == torch.uint8
+    assert torch.equal(data.images[:, 0], torch.from_numpy(images.astype(np.uint8)))
+    assert torch.equal(data.labels, torch.from_numpy(labels))
+    x, y = next(data.batches(4))
+    assert x.dtype == torch.float32 and float(x.max()) <= 1.0 and x.shape == (4, 1, 28, 28)
+    assert load_dataset("mnist", "train", tmp_path).name == "mnist-train"
+
+
+def test_missing_mnist_files_name_the_files_and_the_flag(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as error:
+        load_mnist(tmp_path, "train")
+    message = str(error.value)
+    assert "train-images-idx3-ubyte.gz" in message and "--data-root" in message
+    with pytest.raises(DatasetNotFoundError, match="needs --data-root"):
+        load_dataset("mnist", "train", None)
+
+
+def test_idx_reader_refuses_bad_files(tmp_path):
+    bad = tmp_path / "bad.gz"
+    with gzip.open(bad, "wb") as handle:
+        handle.write(b"\x01\x02\x03\x04")
+    with pytest.raises(ValueError, match="not an IDX file"):
+        read_idx(bad)
+
+
+def test_image_folder_reads_classes_in_sorted_order(tmp_path):
+    rng = np.random.default_rng(1)
+    for name, count in (("cat", 2), ("airplane", 3)):
+        (tmp_path / name).mkdir()
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / name / f"{i}.png")
+    (tmp_path / "cat" / "notes.txt").write_text("not an image")
+    data = load_image_folder(tmp_path)
+    assert data.classes == ("airplane", "cat")
+    assert data.images.shape == (5, 3, 32, 32)
+    assert data.labels.tolist() == [0, 0, 0, 1, 1]
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="does not exist"):
+        load_image_folder(tmp_path / "missing")
+    with pytest.raises(DatasetNotFoundError, match="no class sub-folders"):
+        load_image_folder(tmp_path)
+
+
+def test_digits_split_is_fixed_and_disjoint():
+    train, test = load_digits("train"), load_digits("test")
+    assert (len(train), len(test)) == (1438, 359)
+    assert train.input_shape == (1, 8, 8) and float(train.images.max()) == 1.0
+    assert torch.equal(load_digits("test").images, test.images)
+    with pytest.raises(ValueError, match="split must be"):
+        load_digits("valid")
+
+
+def test_subset_is_seeded():
+    data = load_digits("test")
+    a, b = data.subset(50, seed=3), data.subset(50, seed=3)
+    assert torch.equal(a.labels, b.labels) and len(a) == 50
+    assert not torch.equal(a.images, data.subset(50, seed=4).images)

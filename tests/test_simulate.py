@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import random_images, small_cnn
+
+import spikeconv
+from spikeconv.encoders import encode
+from spikeconv.metrics import latency, steps_to_reach
+
+
+def _convert(reset: str, readout: str = "spikes", dtype=torch.float64, rule="nscaling"):
+    model = small_cnn(dtype=dtype)
+    return spikeconv.convert(model, random_images(64, dtype=dtype), rule=rule, reset=reset, readout=readout)
+
+
+def _assert_same(a: spikeconv.SimulationResult, b: spikeconv.SimulationResult) -> None:
+    assert a.spike_trains is not None and b.spike_trains is not None
+    for name in a.spike_trains:
+        assert torch.equal(a.spike_trains[name], b.spike_trains[name]), name
+    assert torch.equal(a.predictions, b.predictions)
+    assert torch.equal(a.output_counts, b.output_counts)
+    assert (a.correct_per_step is None) == (b.correct_per_step is None)
+    if a.correct_per_step is not None:
+        assert torch.equal(a.correct_per_step, b.correct_per_step)
+    assert a.spikes_per_layer == b.spikes_per_layer
+
+
+@pytest.mark.parametrize("coding", ["constant", "poisson", "deterministic"])
+@pytest.mark.parametrize("reset", ["zero", "subtract"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_time_batched_and_step_by_step_give_identical_spikes(coding, reset, dtype):
+    snn = _convert(reset, dtype=dtype)
+    images, labels = random_images(24, seed=5, dtype=dtype), torch.arange(24) % 5
+    kwargs = dict(T=40, coding=coding, seed=3, batch_size=10, record_trains=True)
+    fast = spikeconv.simulate(snn, (images, labels), method="fast", **kwargs)
+    reference = spikeconv.simulate(snn, (images, labels), method="reference", **kwargs)
+    _assert_same(fast, reference)
+    assert fast.spikes_per_image.sum() > 0
+
+
+def test_membrane_readout_matches_reference_and_predicts_argmax_potential():
+    snn = _convert("subtract", readout="membrane")
+    images = random_images(12, seed=2)
+    kwargs = dict(T=30, coding="poisson", record_trains=True)
+    fast = spikeconv.simulate(snn, images, method="fast", **kwargs)
+    _assert_same(fast, spikeconv.simulate(snn, images, method="reference", **kwargs))
+    assert torch.equal(fast.predictions, fast.output_membrane.argmax(1))
+    assert fast.output_counts.sum() == 0
+
+
+def test_time_chunking_does_not_change_the_result():
+    snn = _convert("zero")
+    images = random_images(16, seed=7)
+    whole = spikeconv.simulate(snn, images, T=50, coding="poisson", record_trains=True)
+    chunked = spikeconv.simulate(snn, images, T=50, coding="poisson", record_trains=True, memory_bytes=1)
+    _assert_same(whole, chunked)
+
+
+def test_module_forward_is_the_step_by_step_simulation():
+    snn = _convert("zero")
+    images = random_images(6, seed=4)
+    T = 25
+    result = spikeconv.simulate(snn, images, T=T, coding="constant", record_trains=True)
+    snn.reset_state()
+    out = snn(images.unsqueeze(0).expand(T, *images.shape))
+    assert out.shape == (T, 6, 5)
+    assert torch.equal(out, result.spike_trains[snn.spiking_stages[-1].name])
+
+
+def test_seeded_poisson_runs_are_reproducible_and_seeds_differ():
+    snn = _convert("zero")
+    images = random_images(8)
+    a = spikeconv.simulate(snn, images, T=30, coding="poisson", seed=1)
+    b = spikeconv.simulate(snn, images, T=30, coding="poisson", seed=1)
+    c = spikeconv.simulate(snn, images, T=30, coding="poisson", seed=2)
+    assert torch.equal(a.spikes_per_image, b.spikes_per_image)
+    assert not torch.equal(a.spikes_per_image, c.spikes_per_image)
+
+
+def test_deterministic_encoder_counts_are_floor_t_times_intensity():
+    x = torch.tensor([[0.0, 0.3, 0.5, 0.97, 1.0]], dtype=torch.float64)
+    spikes = torch.cat([encode(x, "deterministic", 0, 10, None), encode(x, "deterministic", 10, 37, None)])
+    counts = spikes.cumsum(0)
+    t = torch.arange(1, 38, dtype=torch.float64).view(-1, 1, 1)
+    assert torch.equal(counts, torch.floor(t * x))
+    assert set(spikes.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_poisson_encoder_rate_matches_intensity():
+    x = torch.full((1, 2000), 0.3)
+    spikes = encode(x, "poisson", 0, 200, torch.Generator().manual_seed(0))
+    assert abs(float(spikes.mean()) - 0.3) < 0.005
+
+
+def test_ties_in_spike_count_are_broken_by_membrane_potential():
+    from spikeconv.simulate import _Readout
+
+    class Fake:
+        readout = "spikes"
+
+    readout = _Readout(Fake(), torch.tensor([2]), T=1, device=torch.device("cpu"))
+    spikes = torch.tensor([[[1.0, 0.0, 1.0]]])
+    membrane = torch.tensor([[[0.1, 0.9, 0.4]]])
+    readout.update(spikes, membrane)
+    assert int(readout.predictions[0]) == 2  # classes 0 and 2 tie on count; 2 has more potential
+    assert int(readout.correct[0]) == 1
+
+
+def test_result_accuracy_curve_latency_and_serialization():
+    snn = _convert("subtract")
+    images, labels = random_images(20, seed=9), torch.arange(20) % 5
+    result = spikeconv.simulate(snn, (images, labels), T=60)
+    assert result.accuracy.shape == (60,)
+    assert result.accuracy_at(60) == result.final_accuracy
+    summary = result.to_dict(steps=[10, 60])
+    assert set(summary["accuracy"]) == {"10", "60"}
+    assert summary["spikes_per_image"] == pytest.approx(float(result.spikes_per_image.mean()))
+    assert 1 <= result.latency() <= 60
+
+
+def test_latency_and_steps_to_reach():
+    acc = torch.tensor([10.0, 50.0, 98.0, 99.0, 98.95, 99.05, 99.0])
+    assert latency(acc, margin=0.1) == 4
+    assert latency(acc, margin=0.0) == 7
+    assert latency(torch.tensor([5.0, 5.0]), 0.1) == 1
+    assert steps_to_reach(acc, 99.0) == 4
+    assert steps_to_reach(acc, 99.5) is None
+
+
+def test_rates_and_spike_totals_are_consistent():
+    snn = _convert("zero")
+    images = random_images(10)
+    result = spikeconv.simulate(snn, images, T=20, record_counts=True)
+    for name, counts in result.spike_counts.items():
+        assert float(counts.sum()) == result.spikes_per_layer[name]
+        assert 0 <= result.firing_rates[name] <= 1
+    assert float(result.spikes_per_image.sum()) == pytest.approx(sum(result.spikes_per_layer.values()))
