@@ -62,7 +62,7 @@ def test_the_users_model_is_not_modified():
 
 @pytest.mark.parametrize(
     "layer, type_name",
-    [(nn.Sigmoid(), "Sigmoid"), (nn.MaxPool2d(2), "MaxPool2d"), (nn.BatchNorm2d(4), "BatchNorm2d")],
+    [(nn.Sigmoid(), "Sigmoid"), (nn.Tanh(), "Tanh"), (nn.LeakyReLU(), "LeakyReLU")],
 )
 def test_unsupported_module_names_its_path_type_and_the_supported_types(layer, type_name):
     model = nn.Sequential()
@@ -153,7 +153,11 @@ def test_dead_layer_is_reported_instead_of_dividing_by_zero():
         spikeconv.convert(model, random_images(10))
 
 
-def test_two_weighted_layers_without_relu_between_are_refused():
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.Linear(10, 3)).eval()
-    with pytest.raises(UnsupportedModelError, match="exactly one Conv2d/Linear"):
-        spikeconv.convert(model, torch.rand(4, 1, 8, 8))
+def test_two_weighted_layers_without_relu_between_form_one_linear_synapse():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.Linear(10, 3)).double().eval()
+    images = torch.rand(20, 1, 8, 8, dtype=torch.float64)
+    snn = spikeconv.convert(model, images, rule="maxnorm", reset="subtract")
+    assert len(snn.spiking_stages) == 1
+    scale = snn.info.mapping.layers[-1].scale
+    torch.testing.assert_close(snn.analog_forward(images)[-1] * scale, model(images))

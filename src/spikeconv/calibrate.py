@@ -22,6 +22,7 @@ from .inputs import iter_batches
 __all__ = ["ActivationObserver", "LayerStats", "ActivationStats", "calibrate"]
 
 HISTOGRAM_BINS = 4096
+CHANNEL_BINS = 512  # per-channel histograms (for the channelwise rule) share the layer's range
 
 
 class ActivationObserver:
@@ -38,8 +39,11 @@ class ActivationObserver:
         self.nonzero = 0
         self.top = 0.0
         self.histogram = torch.zeros(HISTOGRAM_BINS, dtype=torch.float64)
+        self.channel_max: Tensor | None = None  # [C] largest activation of each channel (dim 1)
+        self.channel_histogram: Tensor | None = None  # [C, CHANNEL_BINS] over [0, top]
 
     def update(self, activations: Tensor, negative_input: Tensor | None = None) -> None:
+        self._update_channels(activations)
         a = activations.detach().double().flatten()
         self.count += a.numel()
         positive = a[a > 0]
@@ -54,8 +58,31 @@ class ActivationObserver:
         while self.max > self.top:
             self.histogram = self.histogram.view(-1, 2).sum(1)
             self.histogram = torch.cat([self.histogram, torch.zeros_like(self.histogram)])
+            if self.channel_histogram is not None:
+                merged = self.channel_histogram.view(len(self.channel_histogram), -1, 2).sum(2)
+                self.channel_histogram = torch.cat([merged, torch.zeros_like(merged)], 1)
             self.top *= 2.0
         self.histogram += torch.histc(positive, bins=HISTOGRAM_BINS, min=0.0, max=self.top)
+        self._histogram_channels(activations)
+
+    def _update_channels(self, activations: Tensor) -> None:
+        if activations.ndim < 2:
+            return
+        per_channel = activations.detach().double().transpose(0, 1).flatten(1)  # [C, rest]
+        top = per_channel.amax(1).clamp_min(0.0)
+        self.channel_max = top if self.channel_max is None else torch.maximum(self.channel_max, top)
+        if self.channel_histogram is None:
+            self.channel_histogram = torch.zeros(len(top), CHANNEL_BINS, dtype=torch.float64)
+
+    def _histogram_channels(self, activations: Tensor) -> None:
+        if activations.ndim < 2 or self.channel_histogram is None:
+            return
+        per_channel = activations.detach().double().transpose(0, 1).flatten(1)
+        channels = len(per_channel)
+        index = (per_channel / self.top * CHANNEL_BINS).floor().clamp(max=CHANNEL_BINS - 1).long()
+        index = index + torch.arange(channels).unsqueeze(1) * CHANNEL_BINS
+        counts = torch.bincount(index[per_channel > 0], minlength=channels * CHANNEL_BINS)
+        self.channel_histogram += counts.view(channels, CHANNEL_BINS).double()
 
     def stats(self, name: str) -> LayerStats:
         return LayerStats(
@@ -66,6 +93,8 @@ class ActivationObserver:
             nonzero=self.nonzero,
             histogram=self.histogram.clone(),
             top=self.top,
+            channel_max=None if self.channel_max is None else self.channel_max.clone(),
+            channel_histogram=None if self.channel_histogram is None else self.channel_histogram.clone(),
         )
 
 
@@ -80,6 +109,8 @@ class LayerStats:
     nonzero: int  # of which > 0
     histogram: Tensor  # counts of the non-zero activations in HISTOGRAM_BINS bins over [0, top]
     top: float
+    channel_max: Tensor | None = None  # [C] largest activation of each channel (dim 1)
+    channel_histogram: Tensor | None = None  # [C, CHANNEL_BINS] non-zero activations per channel, over [0, top]
 
     def fraction_below(self, value: float) -> float:
         """Fraction of the non-zero activations below ``value`` (linear within a bin)."""
@@ -108,6 +139,39 @@ class LayerStats:
         fraction = (target - before) / inside if inside > 0 else 1.0
         width = self.top / len(self.histogram)
         return min(self.max, (index + fraction) * width)
+
+
+    def channel_percentile(self, p: float) -> Tensor:
+        """The ``p``-th percentile of each channel's non-zero activations, ``[C]``
+        (``p = 100``: each channel's exact max; a channel that never fired gets 0)."""
+        if not 0 < p <= 100:
+            raise ValueError(f"percentile must be in (0, 100], got {p}")
+        if self.channel_max is None or self.channel_histogram is None:
+            raise ConversionError(f"layer {self.name!r} has no per-channel statistics: recalibrate")
+        if p == 100:
+            return self.channel_max.clone()
+        cumulative = torch.cumsum(self.channel_histogram, 1)
+        totals = cumulative[:, -1:]
+        target = p / 100.0 * totals
+        index = torch.searchsorted(cumulative, target).clamp(max=CHANNEL_BINS - 1)
+        before = torch.where(index > 0, cumulative.gather(1, (index - 1).clamp(min=0)), torch.zeros_like(target))
+        inside = self.channel_histogram.gather(1, index)
+        fraction = torch.where(inside > 0, (target - before) / inside.clamp_min(1e-300), torch.ones_like(target))
+        width = self.top / CHANNEL_BINS
+        value = ((index.double() + fraction) * width).squeeze(1)
+        return torch.minimum(value, self.channel_max).where(totals.squeeze(1) > 0, torch.zeros_like(value))
+
+    def fraction_below_channels(self, scales: Tensor) -> float:
+        """Fraction of the non-zero activations below their channel's scale."""
+        if self.channel_histogram is None or self.nonzero == 0:
+            return 1.0
+        position = (scales.double() / self.top * CHANNEL_BINS).clamp(0, CHANNEL_BINS)
+        whole = position.floor().long().clamp(max=CHANNEL_BINS - 1)
+        cumulative = torch.cumsum(self.channel_histogram, 1)
+        before = torch.where(whole > 0, cumulative.gather(1, (whole - 1).clamp(min=0).unsqueeze(1)).squeeze(1), 0.0)
+        inside = self.channel_histogram.gather(1, whole.unsqueeze(1)).squeeze(1) * (position - whole)
+        below = torch.where(scales >= self.channel_max, cumulative[:, -1], before + inside)  # type: ignore[operator]
+        return float(below.sum()) / self.nonzero
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,11 +203,12 @@ def calibrate(traced: TracedNetwork, data: Tensor | Iterable, *, max_images: int
             break
         seen += len(x)
         x = x.to(dtype)
+        outputs: list[Tensor] = []
         for stage, negative, observer in zip(traced.stages, negatives, observers, strict=True):
-            negative_input = negative(x) if negative is not None else None
-            z = stage.synapse(x)
-            x = z if stage.is_output or stage.spiking_pool else torch.relu(z)
-            observer.update(x, negative_input)
+            inputs = [x if s < 0 else outputs[s] for s in stage.sources]
+            negative_input = negative(*inputs) if negative is not None else None
+            outputs.append(stage.ann_forward(inputs))
+            observer.update(outputs[-1], negative_input)
         if max_images is not None and seen >= max_images:
             break
     if seen == 0:
@@ -151,13 +216,14 @@ def calibrate(traced: TracedNetwork, data: Tensor | Iterable, *, max_images: int
     return ActivationStats(layers=tuple(o.stats(s.name) for o, s in zip(observers, traced.stages)), images=seen)
 
 
-def _negative_part(stage: Stage) -> nn.Sequential | None:
+def _negative_part(stage: Stage) -> nn.Module | None:
     """The stage's synapse with only its negative weights and biases (``W_neg`` of Yang
-    Appendix B); ``None`` for a pooling stage, whose weights are all positive."""
-    if stage.affine is None:
+    Appendix B); ``None`` for a pooling stage, whose weights are all positive. With several
+    weighted layers in one synapse (a residual block) this is an estimate."""
+    if not any(isinstance(m, (nn.Conv2d, nn.Linear)) for m in stage.synapse.modules()):
         return None
     negative = copy.deepcopy(stage.synapse)
-    for module in negative:
+    for module in negative.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             module.weight.data.clamp_(max=0.0)
             if module.bias is not None:

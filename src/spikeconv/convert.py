@@ -17,17 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 
 from .calibrate import ActivationStats, calibrate
-from .graph import ConversionError, TracedNetwork, trace
+from .graph import Add, Cat, ChannelAffine, ConversionError, Flatten, Scale, Stage, TracedNetwork, trace
 from .inputs import iter_batches
 from .io import load_torch, save_torch
 from .network import ConversionInfo, Readout, SpikingNetwork, SpikingStage
-from .neurons import RESETS, IFParams
+from .neurons import RATE_ESTIMATES, RESETS, GateParams, IFParams
 from .rules import map_scales
 
-__all__ = ["convert", "build_snn", "save_snn", "load_snn"]
+__all__ = ["convert", "build_snn", "fold_scales", "save_snn", "load_snn"]
 
 
 def build_snn(
@@ -38,17 +38,29 @@ def build_snn(
     reset: str = "zero",
     v_min: float | str | None = "auto",
     readout: Readout = "spikes",
+    maxpool_rate: str = "count",
+    maxpool_decay: float = 0.9,
+    softmax_rate: float = 1.0,
     **rule_options: Any,
 ) -> SpikingNetwork:
-    """Map the traced ANN onto IF neurons with ``rule`` (``maxnorm``, ``nscaling``,
-    ``threshold``) and its options (e.g. ``n=0.5`` for ``nscaling``).
+    """Map the traced ANN onto IF neurons with ``rule`` (``maxnorm``, ``robust``,
+    ``channelwise``, ``nscaling``, ``threshold``) and its options (e.g. ``n=0.5`` for
+    ``nscaling``, ``p=99.9`` for ``robust``).
 
     ``v_min``: ``"auto"`` bounds the membrane at the rule's V_min (Yang eq. 17, the global
     minimum over layers) for ``reset="zero"`` and leaves it unbounded for ``"subtract"``;
     a number sets it; ``None`` leaves it unbounded. It is given in threshold-1 units and
-    scaled with the threshold in ``thresholds`` mode."""
+    scaled with the threshold in ``thresholds`` mode.
+
+    ``readout``: ``spikes`` (spike count), ``membrane`` (accumulated output potential) or
+    ``softmax`` (Rueckauer Sec. 3.5; an external generator firing with probability
+    ``softmax_rate`` per step triggers one output spike drawn from softmax(V)).
+    ``maxpool_rate`` (``count`` or ``ewma``, with ``maxpool_decay``) is the rate estimate of
+    the spiking max-pool gates (Rueckauer Sec. 3.6)."""
     if reset not in RESETS:
         raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
+    if maxpool_rate not in RATE_ESTIMATES:
+        raise ValueError(f"maxpool_rate must be one of {RATE_ESTIMATES}, got {maxpool_rate!r}")
     mapping = map_scales(traced, stats, rule, **rule_options)
     if v_min == "auto":
         bound: float | None = mapping.v_min if reset == "zero" else None
@@ -56,26 +68,208 @@ def build_snn(
         bound = None if v_min is None else float(v_min)
     else:
         raise ValueError(f"v_min must be 'auto', None or a number <= 0, got {v_min!r}")
-    stages, previous = [], 1.0
-    for stage, layer in zip(traced.stages, mapping.layers, strict=True):
-        synapse = copy.deepcopy(stage.synapse)
-        affine = next((m for m in synapse if isinstance(m, (nn.Conv2d, nn.Linear))), None)
-        threshold = 1.0
-        with torch.no_grad():
-            if mapping.mode == "weights":
-                if affine is not None:
-                    affine.weight.mul_(previous / layer.scale)
-                    if affine.bias is not None:
-                        affine.bias.div_(layer.scale)
-            else:
-                threshold = layer.factor
-                if affine is not None and affine.bias is not None:
-                    affine.bias.div_(previous)
-        neuron = IFParams(threshold=threshold, reset=reset, v_min=None if bound is None else bound * threshold)  # type: ignore[arg-type]
-        stages.append(SpikingStage(stage.name, synapse, neuron, is_output=stage.is_output))
-        previous = layer.scale
+    shapes = traced.output_shapes()
+    scales = [layer.scale_value for layer in mapping.layers]
+    stages = []
+    for index, (stage, layer) in enumerate(zip(traced.stages, mapping.layers, strict=True)):
+        if stage.pool is not None:
+            gate = GateParams(
+                kernel_size=stage.pool.kernel_size,
+                stride=stage.pool.stride,
+                padding=stage.pool.padding,
+                estimate=maxpool_rate,  # type: ignore[arg-type]
+                decay=maxpool_decay,
+            )
+            spiking = SpikingStage(
+                stage.name, nn.Sequential(), IFParams(reset=reset), is_output=stage.is_output,  # type: ignore[arg-type]
+                sources=stage.sources, gate=gate,
+            )  # fmt: skip
+            stages.append(spiking)
+            continue
+        in_shapes = [traced.input_shape if s < 0 else shapes[s] for s in stage.sources]
+        in_scales = [_broadcast(1.0 if s < 0 else scales[s], shape) for s, shape in zip(stage.sources, in_shapes)]
+        own = _broadcast(scales[index], shapes[index])
+        if mapping.mode == "weights":
+            threshold: float | Tensor = 1.0
+            target = own
+        else:
+            reference = torch.tensor(layer.input_scale, dtype=torch.float64)
+            threshold = layer.factor if own.numel() == 1 else own / reference
+            target = reference
+        synapse = fold_scales(copy.deepcopy(stage.synapse), in_scales, in_shapes, target, _dtype(stage))
+        if isinstance(threshold, Tensor):
+            threshold = threshold.to(_dtype(stage))
+        floor = None if bound is None else bound * threshold
+        neuron = IFParams(threshold=threshold, reset=reset, v_min=floor)  # type: ignore[arg-type]
+        stages.append(SpikingStage(stage.name, synapse, neuron, is_output=stage.is_output, sources=stage.sources))
     info = ConversionInfo(mapping=mapping, stats=stats, reset=reset, v_min=bound, spiking_pool=_has_pool(traced))
-    return SpikingNetwork(stages, input_shape=traced.input_shape, readout=readout, info=info)
+    return SpikingNetwork(
+        stages, input_shape=traced.input_shape, readout=readout, info=info, softmax_rate=softmax_rate
+    )
+
+
+def _dtype(stage: Stage) -> torch.dtype:
+    return next((p.dtype for p in stage.synapse.parameters()), torch.float32)
+
+
+def _broadcast(scale: float | Tensor, shape: tuple[int, ...]) -> Tensor:
+    """A scale as a float64 tensor that broadcasts against one sample of shape ``shape``:
+    0-d for one number, ``[C, 1, 1]`` or ``[F]`` per channel."""
+    t = torch.as_tensor(scale, dtype=torch.float64)
+    if t.numel() == 1:
+        return t.reshape(())
+    return t.reshape(-1, *([1] * (len(shape) - 1)))
+
+
+def _same(a: Tensor, b: Tensor) -> bool:
+    return a.shape == b.shape and bool(torch.equal(a, b)) or (
+        a.numel() == 1 and b.numel() == 1 and float(a) == float(b)
+    )
+
+
+def _per_channel(sigma: Tensor, channels: int) -> Tensor:
+    """``sigma`` as one value per channel (dim 0 of a sample), ``[channels]``."""
+    if sigma.numel() == 1:
+        return sigma.reshape(1).expand(channels)
+    flat = sigma.reshape(sigma.shape[0], -1)
+    if flat.shape[1] != 1 or flat.shape[0] != channels:
+        raise ConversionError("a per-position scale cannot be folded into a convolution: please report the model")
+    return flat[:, 0]
+
+
+@torch.no_grad()
+def _fold_module(module: nn.Module, value: Tensor, sigma: Tensor, target: Tensor) -> Tensor:
+    """Rescale ``module`` in place so that it maps inputs in units of ``sigma`` to outputs in
+    units of ``target`` (for a weighted module) and return the output's units."""
+    if isinstance(module, (nn.Conv2d, nn.Linear, ChannelAffine)):
+        weight, bias = module.weight, module.bias
+        out_channels = weight.shape[0]
+        if sigma.numel() == 1 and target.numel() == 1:  # one number: the arithmetic of a chain
+            weight.mul_(float(sigma) / float(target))
+            if bias is not None:
+                bias.div_(float(target))
+            return target
+        in_channels = weight.shape[0] if isinstance(module, ChannelAffine) else weight.shape[1]
+        if isinstance(module, nn.Conv2d) and module.groups != 1 and sigma.numel() != 1:
+            raise ConversionError("per-channel scales into a grouped convolution are not supported")
+        s_in = _per_channel(sigma, in_channels).to(weight.dtype)
+        s_out = _per_channel(target, out_channels).to(weight.dtype)
+        if isinstance(module, ChannelAffine):
+            weight.mul_(s_in / s_out)
+        else:
+            weight.mul_(s_in.reshape(1, -1, *([1] * (weight.ndim - 2))))
+            weight.div_(s_out.reshape(-1, *([1] * (weight.ndim - 1))))
+        if bias is not None:
+            bias.div_(s_out)
+        return target
+    if isinstance(module, Flatten):
+        return sigma if sigma.numel() == 1 else sigma.expand(value.shape[1:]).flatten()
+    if isinstance(module, (nn.AvgPool2d, nn.AdaptiveAvgPool2d, Scale)):
+        return sigma
+    raise ConversionError(f"cannot rescale a {type(module).__name__} inside a synapse: please report the model")
+
+
+@torch.no_grad()
+def fold_scales(
+    synapse: nn.Module,
+    in_scales: list[Tensor],
+    in_shapes: list[tuple[int, ...]],
+    target: Tensor,
+    dtype: torch.dtype,
+) -> nn.Module:
+    """Fold the scales into ``synapse`` (changed in place and returned): its inputs come in
+    units of ``in_scales`` (the sources' lambda), its output must be in units of ``target``
+    (lambda_l / threshold). Weighted modules absorb the ratios into weights and biases
+    (``W <- W * lambda_in / target``, ``b <- b / target``); where two inputs of an addition
+    arrive in different units, or a path has no weights (an identity shortcut), a
+    :class:`~spikeconv.graph.Scale` connection weight is inserted."""
+    values = [torch.zeros(1, *shape, dtype=dtype) for shape in in_shapes]
+    inner = target if target.numel() == 1 else target.max().reshape(())
+    if isinstance(synapse, nn.Sequential):
+        if len(in_scales) != 1:
+            raise ConversionError(f"a chain synapse reads one source, got {len(in_scales)}")
+        sigma, value = in_scales[0], values[0]
+        modules = list(synapse)
+        for k, module in enumerate(modules):
+            last_weighted = k == max((i for i, m in enumerate(modules) if _weighted(m)), default=-1)
+            sigma = _fold_module(module, value, sigma, target if last_weighted and _tail_is_linear(modules[k + 1 :]) else inner)
+            value = module(value)
+        if not _same(sigma, target):
+            synapse.append(Scale(_ratio(sigma, target, value, dtype)))
+        return synapse
+    assert isinstance(synapse, fx.GraphModule)
+    graph = synapse.graph
+    env: dict[fx.Node, tuple[Tensor, Tensor]] = {}
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    for node, sigma, value in zip(placeholders, in_scales, values, strict=True):
+        env[node] = (value, sigma)
+    counter = 0
+
+    def insert_scale(before: fx.Node, arg: fx.Node, factor: Tensor) -> fx.Node:
+        nonlocal counter
+        counter += 1
+        name = f"scale_{counter}"
+        synapse.add_module(name, Scale(factor))
+        with graph.inserting_before(before):
+            return graph.call_module(name, (arg,))
+
+    for node in list(graph.nodes):
+        if node.op == "call_module":
+            module = synapse.get_submodule(str(node.target))
+            args = list(node.args)
+            if isinstance(module, Add):
+                want = inner
+                for i, arg in enumerate(args):
+                    value, sigma = env[arg]
+                    if not _same(sigma, want):
+                        args[i] = insert_scale(node, arg, _ratio(sigma, want, value, dtype))
+                node.args = tuple(args)
+                out = module(*[env_value(env, a) for a in args])
+                env[node] = (out, want)
+            elif isinstance(module, Cat):
+                parts = [env[a] for a in args]
+                sigmas = [s for _, s in parts]
+                out = module(*(v for v, _ in parts))
+                if all(s.numel() == 1 for s in sigmas) and all(_same(s, sigmas[0]) for s in sigmas):
+                    env[node] = (out, sigmas[0])
+                else:
+                    per = torch.cat([_per_channel(s, v.shape[1]) for v, s in parts])
+                    env[node] = (out, per.reshape(-1, *([1] * (out.ndim - 2))))
+            else:
+                value, sigma = env[args[0]]
+                sigma = _fold_module(module, value, sigma, inner)
+                env[node] = (module(value), sigma)
+        elif node.op == "output":
+            result = node.args[0]
+            value, sigma = env[result]
+            if not _same(sigma, target):
+                node.args = (insert_scale(node, result, _ratio(sigma, target, value, dtype)),)
+    graph.lint()
+    synapse.recompile()
+    return synapse
+
+
+def env_value(env: dict[fx.Node, tuple[Tensor, Tensor]], arg: fx.Node) -> Tensor:
+    """The example value of ``arg`` (an inserted Scale node reads its input's)."""
+    if arg in env:
+        return env[arg][0]
+    return env[arg.args[0]][0]  # type: ignore[index]
+
+
+def _weighted(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Conv2d, nn.Linear, ChannelAffine))
+
+
+def _tail_is_linear(rest: list[nn.Module]) -> bool:
+    """Only shape-preserving per-channel ops follow (the last weighted module may take the
+    per-channel output units)."""
+    return all(isinstance(m, (nn.AvgPool2d, nn.AdaptiveAvgPool2d, Scale)) for m in rest)
+
+
+def _ratio(sigma: Tensor, target: Tensor, value: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """The constant connection weight sigma / target, shaped for one sample of ``value``."""
+    ratio = sigma / target
+    return ratio.to(dtype)
 
 
 def _has_pool(traced: TracedNetwork) -> bool:
@@ -93,6 +287,9 @@ def convert(
     v_min: float | str | None = "auto",
     readout: Readout = "spikes",
     spiking_pool: bool = False,
+    maxpool_rate: str = "count",
+    maxpool_decay: float = 0.9,
+    softmax_rate: float = 1.0,
     **rule_options: Any,
 ) -> SpikingNetwork:
     """Convert a trained ReLU CNN into a spiking network of IF neurons.
@@ -109,7 +306,10 @@ def convert(
     shape = tuple(first[0].shape[1:]) if input_shape is None else tuple(input_shape)
     traced = trace(model, shape, spiking_pool=spiking_pool)
     stats = calibrate(traced, itertools.chain([first], batches), max_images=calibration_size)
-    return build_snn(traced, stats, rule, reset=reset, v_min=v_min, readout=readout, **rule_options)
+    return build_snn(
+        traced, stats, rule, reset=reset, v_min=v_min, readout=readout, maxpool_rate=maxpool_rate,
+        maxpool_decay=maxpool_decay, softmax_rate=softmax_rate, **rule_options,
+    )  # fmt: skip
 
 
 SNN_FORMAT = "spikeconv-snn/1"

@@ -1,7 +1,8 @@
-"""Model zoo: the networks of Yang et al. 2020 Table 2 and a small net for 8x8 digits.
-
-All are ReLU CNNs with zero biases and average pooling, as Yang's conversion rule asks
-(Sec. 3.5 step 1). Each entry records the input shape it expects.
+"""Model zoo: the networks of Yang et al. 2020 Table 2 and a small net for 8x8 digits
+(ReLU CNNs with zero biases and average pooling, as Yang's rule asks, Sec. 3.5 step 1);
+Rueckauer's CIFAR-10 net and Ding's 7-layer CNN (biases, BatchNorm, max-pooling, softmax);
+VGG-16 and PreActResNet-18 for 32x32 inputs with a width multiplier. Each entry records
+the input shape it expects.
 """
 
 from __future__ import annotations
@@ -9,9 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
-__all__ = ["ZOO", "ZooEntry", "build_model", "yang_mnist", "yang_svhn", "yang_cifar10", "digits_net"]
+__all__ = [
+    "ZOO", "ZooEntry", "build_model", "yang_mnist", "yang_svhn", "yang_cifar10", "digits_net", "rueckauer_cifar10",
+    "ding_cnn", "vgg16", "preact_resnet18", "PreActBlock", "PreActResNet",
+]  # fmt: skip
 
 
 def _conv(cin: int, cout: int, k: int, padding: int = 0) -> nn.Conv2d:
@@ -60,9 +65,118 @@ def digits_net() -> nn.Sequential:
     )  # fmt: skip
 
 
+def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+
+
+def _width(channels: int, width: float) -> int:
+    return max(1, int(round(channels * width)))
+
+
+def rueckauer_cifar10(width: float = 1.0) -> nn.Sequential:
+    """Rueckauer 2016 Sec. 4.1, CIFAR-10 (32x32 RGB): conv3-32, conv3-32, max-pool/2,
+    conv3-64, conv3-64, max-pool/2 (each conv with BatchNorm and ReLU), FC-512, FC-10,
+    softmax. Biases everywhere; padding 1 (the paper does not say); dropout before the FCs."""
+    c1, c2, fc = _width(32, width), _width(64, width), _width(512, width)
+    return nn.Sequential(
+        *_conv_bn_relu(3, c1), *_conv_bn_relu(c1, c1), nn.MaxPool2d(2),
+        *_conv_bn_relu(c1, c2), *_conv_bn_relu(c2, c2), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Dropout(0.5), nn.Linear(c2 * 8 * 8, fc), nn.ReLU(),
+        nn.Dropout(0.5), nn.Linear(fc, 10), nn.Softmax(dim=1),
+    )  # fmt: skip
+
+
+def ding_cnn(width: float = 1.0, in_channels: int = 1, size: int = 28) -> nn.Sequential:
+    """Ding et al. 2021's 7-layer CNN: 32C3-P2-32C3-P2-32C3-P2-32-FC10 (conv3 with padding 1,
+    ReLU, 2x2 max-pool; a hidden FC-32; biases). 28x28 grey by default."""
+    c, hidden = _width(32, width), _width(32, width)
+    side = size // 8
+    return nn.Sequential(
+        nn.Conv2d(in_channels, c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(c, c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(c, c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(c * side * side, hidden), nn.ReLU(), nn.Linear(hidden, 10),
+    )  # fmt: skip
+
+
+_VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+def vgg16(width: float = 1.0, num_classes: int = 10) -> nn.Sequential:
+    """VGG-16 (Simonyan & Zisserman 2015, configuration D) for 32x32 inputs: 13 conv3 layers
+    with BatchNorm and ReLU, five 2x2 max-pools, then FC-512, FC-512, FC-classes (the
+    usual CIFAR variant). ``width`` multiplies every layer's channels."""
+    layers: list[nn.Module] = []
+    cin = 3
+    for item in _VGG16:
+        if item == "M":
+            layers.append(nn.MaxPool2d(2))
+        else:
+            cout = _width(int(item), width)
+            layers += _conv_bn_relu(cin, cout)
+            cin = cout
+    hidden = _width(512, width)
+    layers += [nn.Flatten(), nn.Linear(cin, hidden), nn.ReLU(), nn.Dropout(0.5), nn.Linear(hidden, hidden), nn.ReLU(),
+               nn.Dropout(0.5), nn.Linear(hidden, num_classes)]  # fmt: skip
+    return nn.Sequential(*layers)
+
+
+class PreActBlock(nn.Module):
+    """Pre-activation residual block (He et al. 2016b): BN-ReLU-conv3, BN-ReLU-conv3, plus
+    the shortcut (identity, or a strided 1x1 conv of the first BN-ReLU's output)."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.shortcut: nn.Module | None = None
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class PreActResNet(nn.Module):
+    """PreActResNet (He et al. 2016b) for 32x32 inputs: conv3 stem, four stages of
+    pre-activation blocks (64, 128, 256, 512 channels times ``width``; stride 2 from the
+    second), BN-ReLU, global average pool, FC."""
+
+    def __init__(self, blocks: tuple[int, ...] = (2, 2, 2, 2), width: float = 1.0, num_classes: int = 10) -> None:
+        super().__init__()
+        channels = [_width(c, width) for c in (64, 128, 256, 512)]
+        self.conv1 = nn.Conv2d(3, channels[0], 3, padding=1, bias=False)
+        layers: list[nn.Module] = []
+        cin = channels[0]
+        for i, (count, cout) in enumerate(zip(blocks, channels, strict=True)):
+            for j in range(count):
+                layers.append(PreActBlock(cin, cout, stride=2 if (i > 0 and j == 0) else 1))
+                cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.bn = nn.BatchNorm2d(cin)
+        self.linear = nn.Linear(cin, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.layers(self.conv1(x))
+        out = F.relu(self.bn(out))
+        out = F.adaptive_avg_pool2d(out, 1)
+        return self.linear(out.flatten(1))
+
+
+def preact_resnet18(width: float = 1.0, num_classes: int = 10) -> PreActResNet:
+    """PreActResNet-18: blocks (2, 2, 2, 2)."""
+    return PreActResNet((2, 2, 2, 2), width=width, num_classes=num_classes)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ZooEntry:
-    build: Callable[[], nn.Module]
+    build: Callable[..., nn.Module]  # takes width= where the architecture has one
     input_shape: tuple[int, int, int]
     dataset: str  # the dataset it is meant for
 
@@ -72,11 +186,15 @@ ZOO: dict[str, ZooEntry] = {
     "yang-mnist": ZooEntry(build=yang_mnist, input_shape=(1, 28, 28), dataset="mnist"),
     "yang-svhn": ZooEntry(build=yang_svhn, input_shape=(3, 32, 32), dataset="svhn"),
     "yang-cifar10": ZooEntry(build=yang_cifar10, input_shape=(3, 24, 24), dataset="cifar10"),
+    "rueckauer-cifar10": ZooEntry(build=rueckauer_cifar10, input_shape=(3, 32, 32), dataset="cifar10"),
+    "ding-mnist": ZooEntry(build=ding_cnn, input_shape=(1, 28, 28), dataset="mnist"),
+    "vgg16": ZooEntry(build=vgg16, input_shape=(3, 32, 32), dataset="cifar10"),
+    "preact-resnet18": ZooEntry(build=preact_resnet18, input_shape=(3, 32, 32), dataset="cifar10"),
 }
 
 
-def build_model(name: str) -> nn.Module:
-    """A fresh model of the zoo by name."""
+def build_model(name: str, **options: float) -> nn.Module:
+    """A fresh model of the zoo by name (``width=`` for the architectures that take one)."""
     if name not in ZOO:
         raise ValueError(f"unknown model {name!r}; the zoo has {', '.join(ZOO)}")
-    return ZOO[name].build()
+    return ZOO[name].build(**options)

@@ -16,27 +16,44 @@ import torch
 from torch import Tensor, nn
 
 from .calibrate import ActivationStats
-from .neurons import IFParams, if_step
+from .neurons import GateParams, IFParams, if_step, maxpool_gate, softmax_spikes
 from .rules import Mapping
 
 __all__ = ["Readout", "READOUTS", "SpikingStage", "SpikingNetwork"]
 
-Readout = Literal["spikes", "membrane"]
-READOUTS: tuple[str, ...] = ("spikes", "membrane")
+Readout = Literal["spikes", "membrane", "softmax"]
+READOUTS: tuple[str, ...] = ("spikes", "membrane", "softmax")
 
 
 class SpikingStage(nn.Module):
-    """A synapse (linear ops with the mapped weights) followed by a layer of IF neurons."""
+    """A synapse (linear ops with the mapped weights, reading the outputs of ``sources``;
+    ``-1`` is the network input) followed by a layer of IF neurons; or, when ``gate`` is
+    set, a spiking max-pool gate over one source (no neurons, ``neuron`` unused)."""
 
-    def __init__(self, name: str, synapse: nn.Sequential, neuron: IFParams, *, is_output: bool) -> None:
+    def __init__(
+        self,
+        name: str,
+        synapse: nn.Module,
+        neuron: IFParams,
+        *,
+        is_output: bool,
+        sources: tuple[int, ...] | None = None,
+        gate: GateParams | None = None,
+    ) -> None:
         super().__init__()
         self.name = name
         self.synapse = synapse
         self.neuron = neuron
         self.is_output = is_output
+        self.sources = sources  # None: the previous stage (a chain)
+        self.gate = gate
+
+    def source_indices(self, index: int) -> tuple[int, ...]:
+        """The stages this one (at position ``index``) reads; -1 is the network input."""
+        return self.sources if self.sources is not None else (index - 1,)
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, {self.neuron}"
+        return f"name={self.name!r}, {self.gate if self.gate is not None else self.neuron}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,15 +77,21 @@ class SpikingNetwork(nn.Module):
         input_shape: tuple[int, ...],
         readout: Readout = "spikes",
         info: ConversionInfo | None = None,
+        softmax_rate: float = 1.0,
     ) -> None:
         super().__init__()
         if readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
+        if not 0 < softmax_rate <= 1:
+            raise ValueError(f"softmax_rate (spike probability of the external generator per step) must be in (0, 1], got {softmax_rate}")
         self.stages = nn.ModuleList(stages)
         self.input_shape = tuple(input_shape)
         self.readout = readout
         self.info = info
-        self._state: list[Tensor] | None = None
+        self.softmax_rate = softmax_rate  # the softmax readout's external Poisson generator, per step
+        self.softmax_seed = 0  # seeds the softmax draws of forward(); reset_state() restarts them
+        self._state: list[Tensor | None] | None = None
+        self._generator: torch.Generator | None = None
 
     @property
     def spiking_stages(self) -> list[SpikingStage]:
@@ -81,6 +104,7 @@ class SpikingNetwork(nn.Module):
     def reset_state(self) -> None:
         """Forget all membrane potentials (start of a new input)."""
         self._state = None
+        self._generator = None
 
     @property
     def output_membrane(self) -> Tensor | None:
@@ -103,29 +127,46 @@ class SpikingNetwork(nn.Module):
     def step(self, x: Tensor) -> Tensor:
         """One time step for input ``x`` ``[B, ...]``; returns the output spikes ``[B, classes]``
         (membrane readout: the output membrane potential)."""
-        new_state: list[Tensor] = []
+        new_state: list[Tensor | None] = []
+        outputs: list[Tensor] = []
+        if self.readout == "softmax" and self._generator is None:
+            self._generator = torch.Generator(device=x.device).manual_seed(self.softmax_seed)
         for index, stage in enumerate(self.spiking_stages):
-            z = stage.synapse(x)
-            v = self._state[index] if self._state is not None else torch.zeros_like(z)
-            if stage.is_output and self.readout == "membrane":
-                v = v + z
-                x = v
+            inputs = [x if s < 0 else outputs[s] for s in stage.source_indices(index)]
+            previous = self._state[index] if self._state is not None else None
+            if stage.gate is not None:
+                out, state = maxpool_gate(inputs[0].unsqueeze(0), previous, stage.gate)
+                out = out[0]
             else:
-                x, v = if_step(z, v, stage.neuron)
-            new_state.append(v)
+                z = stage.synapse(*inputs)
+                v = previous if previous is not None else torch.zeros_like(z)
+                if stage.is_output and self.readout in ("membrane", "softmax"):
+                    state = v + z
+                    out = state if self.readout == "membrane" else softmax_spikes(state, self.softmax_rate, self._generator)
+                else:
+                    out, state = if_step(z, v, stage.neuron)
+            new_state.append(state)
+            outputs.append(out)
         self._state = new_state
-        return x
+        return outputs[-1]
 
     @torch.no_grad()
     def analog_forward(self, x: Tensor) -> list[Tensor]:
         """The rate each stage ideally fires at (ANN activation / lambda_l), unclipped:
         ``relu(synapse(a_prev)) / threshold`` stage by stage (Yang eqs. 8 and 11)."""
-        rates = []
+        rates: list[Tensor] = []
         x = x.to(self.dtype)
-        for stage in self.spiking_stages:
-            z = stage.synapse(x) / stage.neuron.threshold
-            x = z if stage.is_output else torch.relu(z)
-            rates.append(x)
+        for index, stage in enumerate(self.spiking_stages):
+            inputs = [x if s < 0 else rates[s] for s in stage.source_indices(index)]
+            if stage.gate is not None:
+                g = stage.gate
+                rates.append(torch.nn.functional.max_pool2d(inputs[0], g.kernel_size, g.stride, g.padding))
+                continue
+            threshold = stage.neuron.threshold
+            if isinstance(threshold, Tensor):
+                threshold = threshold.to(device=x.device, dtype=x.dtype)
+            z = stage.synapse(*inputs) / threshold
+            rates.append(z if stage.is_output else torch.relu(z))
         return rates
 
     def describe(self) -> dict[str, Any]:
@@ -134,11 +175,25 @@ class SpikingNetwork(nn.Module):
             "input_shape": list(self.input_shape),
             "readout": self.readout,
             "stages": [
-                {"name": s.name, "threshold": s.neuron.threshold, "reset": s.neuron.reset, "v_min": s.neuron.v_min}
-                for s in self.spiking_stages
+                {
+                    "name": s.name,
+                    "threshold": _plain(s.neuron.threshold),
+                    "reset": s.neuron.reset,
+                    "v_min": _plain(s.neuron.v_min),
+                    "sources": list(s.source_indices(i)),
+                    **({"maxpool_gate": vars(s.gate)} if s.gate is not None else {}),
+                }
+                for i, s in enumerate(self.spiking_stages)
             ],
         }
         if self.info is not None:
             summary["mapping"] = self.info.mapping.to_dict()
             summary["calibration_images"] = self.info.stats.images
         return summary
+
+
+def _plain(value: float | Tensor | None) -> float | list[float] | None:
+    """A JSON-ready number or list."""
+    if isinstance(value, Tensor):
+        return [float(v) for v in value.flatten()]
+    return value

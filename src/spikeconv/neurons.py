@@ -15,9 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["IFParams", "Reset", "RESETS", "if_step"]
+__all__ = [
+    "IFParams", "Reset", "RESETS", "if_step", "GateParams", "RateEstimate", "RATE_ESTIMATES", "maxpool_gate",
+    "softmax_spikes",
+]  # fmt: skip
 
 Reset = Literal["zero", "subtract"]
 RESETS: tuple[str, ...] = ("zero", "subtract")
@@ -27,28 +32,99 @@ RESETS: tuple[str, ...] = ("zero", "subtract")
 class IFParams:
     """Parameters of one layer of IF neurons."""
 
-    threshold: float = 1.0  # firing threshold tau^l
+    threshold: float | Tensor = 1.0  # firing threshold tau^l; per channel: shape [C, 1, 1] or [F]
     reset: Reset = "zero"  # what a spike does to the membrane
-    v_min: float | None = None  # lower bound of the membrane potential; None: unbounded
+    v_min: float | Tensor | None = None  # lower bound of the membrane potential; None: unbounded
 
     def __post_init__(self) -> None:
         if self.reset not in RESETS:
             raise ValueError(f"reset must be one of {RESETS}, got {self.reset!r}")
-        if not self.threshold > 0:
+        if not bool(torch.all(torch.as_tensor(self.threshold) > 0)):
             raise ValueError(f"threshold must be positive, got {self.threshold}")
-        if self.v_min is not None and self.v_min > 0:
+        if self.v_min is not None and bool(torch.any(torch.as_tensor(self.v_min) > 0)):
             raise ValueError(f"v_min must be <= 0 (it bounds the membrane from below), got {self.v_min}")
+
+    @property
+    def unit_threshold(self) -> bool:
+        """Whether the threshold is 1 everywhere."""
+        return bool(torch.all(torch.as_tensor(self.threshold) == 1.0))
 
 
 def if_step(z: Tensor, v: Tensor, params: IFParams) -> tuple[Tensor, Tensor]:
     """One time step for a tensor of neurons: input current ``z``, membrane ``v``.
     Returns the spikes (0/1, dtype of ``z``) and the new membrane potential."""
+    threshold = params.threshold
+    if isinstance(threshold, Tensor):
+        threshold = threshold.to(device=z.device, dtype=z.dtype)
     v = v + z
-    fired = v >= params.threshold
+    fired = v >= threshold
     if params.reset == "zero":
         v = v.masked_fill(fired, 0.0)
     else:
-        v = v - fired.to(v.dtype) * params.threshold
-    if params.v_min is not None:
+        v = v - fired.to(v.dtype) * threshold
+    if isinstance(params.v_min, Tensor):
+        v = torch.maximum(v, params.v_min.to(device=v.device, dtype=v.dtype))
+    elif params.v_min is not None:
         v = v.clamp_min(params.v_min)
     return fired.to(z.dtype), v
+
+
+RateEstimate = Literal["count", "ewma"]
+RATE_ESTIMATES: tuple[str, ...] = ("count", "ewma")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GateParams:
+    """A spiking max-pool gate (Rueckauer 2016 Sec. 3.6): in each pooling window only the
+    spikes of the input with the highest estimated firing rate pass.
+
+    Rate estimates, updated with the current step's spikes before the gate decides:
+    ``count``: the running spike count ``c(t) = c(t-1) + s(t)`` (the online average times t);
+    ``ewma``: ``r(t) = decay * r(t-1) + (1 - decay) * s(t)``, an exponentially weighted
+    average that forgets the start. Ties go to the first input of the window (row-major)."""
+
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    estimate: RateEstimate = "count"
+    decay: float = 0.9  # for "ewma"
+
+    def __post_init__(self) -> None:
+        if self.estimate not in RATE_ESTIMATES:
+            raise ValueError(f"max-pool rate estimate must be one of {RATE_ESTIMATES}, got {self.estimate!r}")
+        if not 0 < self.decay < 1:
+            raise ValueError(f"max-pool ewma decay must be in (0, 1), got {self.decay}")
+
+
+def maxpool_gate(spikes: Tensor, estimate: Tensor | None, params: GateParams) -> tuple[Tensor, Tensor]:
+    """Gate ``spikes`` ``[steps, B, C, H, W]`` (a chunk of consecutive steps) with the rate
+    ``estimate`` ``[B, C, H, W]`` carried from the previous step (``None`` at the start).
+    Returns the pooled spikes ``[steps, B, C, H', W']`` and the new estimate."""
+    if estimate is None:
+        estimate = torch.zeros_like(spikes[0])
+    if params.estimate == "count":
+        estimates = estimate + torch.cumsum(spikes, 0)
+    else:
+        steps = []
+        for s in spikes:
+            estimate = params.decay * estimate + (1.0 - params.decay) * s
+            steps.append(estimate)
+        estimates = torch.stack(steps)
+    flat = estimates.flatten(0, 1)
+    _, index = F.max_pool2d(flat, params.kernel_size, params.stride, params.padding, return_indices=True)
+    source = spikes.flatten(0, 1).flatten(2)
+    passed = source.gather(2, index.flatten(2)).view_as(index)
+    return passed.unflatten(0, spikes.shape[:2]), estimates[-1]
+
+
+def softmax_spikes(v: Tensor, rate: float, generator: torch.Generator | None) -> Tensor:
+    """Spiking softmax (Rueckauer 2016 Sec. 3.5, after Nessler 2009): the output neurons
+    only accumulate their input ``v`` ``[B, C]``; an external Poisson generator fires with
+    probability ``rate`` per step, and when it fires exactly one output neuron spikes,
+    class k with probability softmax(v)_k. Two uniform draws per image and step."""
+    trigger = torch.rand(v.shape[0], generator=generator, device=v.device, dtype=v.dtype) < rate
+    pick = torch.rand(v.shape[0], 1, generator=generator, device=v.device, dtype=v.dtype)
+    cumulative = torch.softmax(v, -1).cumsum(-1)
+    winner = torch.searchsorted(cumulative, pick).clamp(max=v.shape[-1] - 1)
+    spikes = torch.zeros_like(v).scatter_(1, winner, 1.0)
+    return spikes * trigger.unsqueeze(1).to(v.dtype)

@@ -25,13 +25,14 @@ from tqdm import tqdm
 from .encoders import CODINGS, encode
 from .fixedpoint import FixedPoint, quantize_network
 from .inputs import iter_batches
-from .neurons import if_step
+from .neurons import if_step, maxpool_gate, softmax_spikes
 from .network import SpikingNetwork, SpikingStage
 
 __all__ = ["SimulationResult", "simulate", "METHODS"]
 
 METHODS = ("fast", "reference")
 DEFAULT_MEMORY_BYTES = 512 * 2**20  # activations of one time chunk
+_SOFTMAX_SEED_OFFSET = 0x5F3759DF  # the softmax readout draws from its own stream, so both simulators agree
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,6 +174,7 @@ def simulate(
         snn, zero_weights = quantize_network(snn, fixed)  # type: ignore[assignment]
     device = next(snn.parameters()).device if any(True for _ in snn.parameters()) else torch.device("cpu")
     generator = torch.Generator(device=device).manual_seed(seed)
+    softmax_generator = torch.Generator(device=device).manual_seed(seed + _SOFTMAX_SEED_OFFSET)
     stages = snn.spiking_stages
     names = [s.name for s in stages]
     started = time.perf_counter()
@@ -189,9 +191,13 @@ def simulate(
                 numels = [int(a[0].numel()) for a in snn.analog_forward(x[:1])]
             if method == "fast":
                 chunk = _chunk_steps(T, len(x), int(x[0].numel()) + 2 * sum(numels), x.element_size(), memory_bytes)
-                record = _run_fast(snn, x, y, T, coding, generator, chunk, fixed, record_counts, record_trains)
+                record = _run_fast(
+                    snn, x, y, T, coding, (generator, softmax_generator), chunk, fixed, record_counts, record_trains
+                )
             else:
-                record = _run_reference(snn, x, y, T, coding, generator, fixed, record_counts, record_trains)
+                record = _run_reference(
+                    snn, x, y, T, coding, (generator, softmax_generator), fixed, record_counts, record_trains
+                )
             records.append(record)
             if y is not None:
                 labels.append(y.cpu())
@@ -227,7 +233,7 @@ def _fixed_point(snn: SpikingNetwork, bits: int, integer_bits: int | None) -> Fi
         if snn.info is None:
             raise ValueError("this network has no conversion record to take V_min from: pass integer_bits=")
         integer_bits = snn.info.mapping.membrane_bits
-    if any(stage.neuron.threshold != 1.0 for stage in snn.spiking_stages):
+    if not all(stage.neuron.unit_threshold for stage in snn.spiking_stages):
         raise ValueError(
             "fixed-point simulation needs threshold 1 in every layer (a weight-scaling rule such as maxnorm or "
             "nscaling), not threshold balancing"
@@ -287,7 +293,7 @@ def _run_fast(
     y: Tensor | None,
     T: int,
     coding: str,
-    generator: torch.Generator,
+    generators: tuple[torch.Generator, torch.Generator],
     chunk: int,
     fixed: FixedPoint | None,
     record_counts: bool,
@@ -298,22 +304,36 @@ def _run_fast(
     state: list[Tensor | None] = [None] * len(stages)
     acc = _Accumulator(len(stages), batch, T, x.device, record_counts, record_trains)
     readout = _Readout(snn, y, T, x.device)
-    constant_current = stages[0].synapse(x) if coding == "constant" else None
+    constant = coding == "constant"
+    constant_current = {  # stages reading only the analog input: their current is the same every step
+        i: s.synapse(*([x] * len(s.sources or (-1,))))
+        for i, s in enumerate(stages)
+        if constant and s.gate is None and all(k < 0 for k in s.source_indices(i))
+    }
     for start in range(0, T, chunk):
         steps = min(chunk, T - start)
-        if constant_current is None:
-            layer_input = encode(x, coding, start, start + steps, generator)
+        layer_input = encode(x, coding, start, start + steps, generators[0])
+        if not constant:
             acc.add_input(layer_input)
+        outputs: list[Tensor] = []
         for index, stage in enumerate(stages):
-            if index == 0 and constant_current is not None:
-                current = constant_current.unsqueeze(0).expand(steps, *constant_current.shape)
+            inputs = [layer_input if s < 0 else outputs[s] for s in stage.source_indices(index)]
+            if stage.gate is not None:
+                spikes, state[index] = maxpool_gate(inputs[0], state[index], stage.gate)
+                membranes = None
             else:
-                current = stage.synapse(layer_input.flatten(0, 1)).unflatten(0, (steps, batch))
-            spikes, membranes, state[index] = _recurrence(stage, current, state[index], snn.readout, fixed)
+                if index in constant_current:
+                    c = constant_current[index]
+                    current = c.unsqueeze(0).expand(steps, *c.shape)
+                else:
+                    current = stage.synapse(*(i.flatten(0, 1) for i in inputs)).unflatten(0, (steps, batch))
+                spikes, membranes, state[index] = _recurrence(
+                    stage, current, state[index], snn, fixed, generators[1]
+                )
             if membranes is not None:
                 readout.update(spikes, membranes)
             acc.add_layer(index, spikes, start)
-            layer_input = spikes
+            outputs.append(spikes)
     return acc.finish(readout)
 
 
@@ -323,7 +343,7 @@ def _run_reference(
     y: Tensor | None,
     T: int,
     coding: str,
-    generator: torch.Generator,
+    generators: tuple[torch.Generator, torch.Generator],
     fixed: FixedPoint | None,
     record_counts: bool,
     record_trains: bool,
@@ -333,16 +353,22 @@ def _run_reference(
     acc = _Accumulator(len(stages), len(x), T, x.device, record_counts, record_trains)
     readout = _Readout(snn, y, T, x.device)
     for t in range(T):
-        layer_input = encode(x, coding, t, t + 1, generator)
+        layer_input = encode(x, coding, t, t + 1, generators[0])
         if coding != "constant":
             acc.add_input(layer_input)
+        outputs: list[Tensor] = []
         for index, stage in enumerate(stages):
-            current = stage.synapse(layer_input[0]).unsqueeze(0)
-            spikes, membranes, state[index] = _recurrence(stage, current, state[index], snn.readout, fixed)
+            inputs = [layer_input if s < 0 else outputs[s] for s in stage.source_indices(index)]
+            if stage.gate is not None:
+                spikes, state[index] = maxpool_gate(inputs[0], state[index], stage.gate)
+                membranes = None
+            else:
+                current = stage.synapse(*(i[0] for i in inputs)).unsqueeze(0)
+                spikes, membranes, state[index] = _recurrence(stage, current, state[index], snn, fixed, generators[1])
             if membranes is not None:
                 readout.update(spikes, membranes)
             acc.add_layer(index, spikes, t)
-            layer_input = spikes
+            outputs.append(spikes)
     return acc.finish(readout)
 
 
@@ -385,22 +411,30 @@ class _Accumulator:
 
 
 def _recurrence(
-    stage: SpikingStage, current: Tensor, v: Tensor | None, readout: str, fixed: FixedPoint | None
+    stage: SpikingStage,
+    current: Tensor,
+    v: Tensor | None,
+    snn: SpikingNetwork,
+    fixed: FixedPoint | None,
+    softmax_generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor]:
     """The IF recurrence over the steps of ``current`` ``[steps, B, ...]``. Returns the
     spikes, the membrane after each step (output stage only) and the final membrane.
-    In fixed point the current is rounded to the grid and the membrane saturates."""
+    In fixed point the current is rounded to the grid and the membrane saturates. The
+    output stage of the membrane and softmax readouts only integrates; the softmax readout
+    then draws its spikes (:func:`spikeconv.neurons.softmax_spikes`)."""
     if fixed is not None:
         current = fixed.quantize(current)
     if v is None:
         v = torch.zeros_like(current[0])
     spikes = torch.empty_like(current)
     membranes = torch.empty_like(current) if stage.is_output else None
-    integrate_only = stage.is_output and readout == "membrane"
+    integrate_only = stage.is_output and snn.readout in ("membrane", "softmax")
+    softmax = stage.is_output and snn.readout == "softmax"
     for k in range(len(current)):
         if integrate_only:
             v = v + current[k]
-            spikes[k] = 0.0
+            spikes[k] = softmax_spikes(v, snn.softmax_rate, softmax_generator) if softmax else 0.0
         else:
             spikes[k], v = if_step(current[k], v, stage.neuron)
         if fixed is not None:
