@@ -22,9 +22,9 @@ from .io import write_json
 from .metrics import conversion_loss
 from .models import ZOO
 from .network import READOUTS
-from .neurons import RESETS
+from .neurons import RATE_ESTIMATES, RESETS
 from .plotting import plot_accuracy
-from .rules import RULES
+from .rules import BASES, RULES
 from .simulate import simulate
 from .training import TrainOptions, evaluate_ann, load_model, model_from_record, train
 
@@ -81,7 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(p)
     p.add_argument("--rule", choices=list(RULES), default="nscaling", help="weight/threshold mapping rule")
     p.add_argument("--n", type=float, default=None, help="nscaling: the n of f = n * a_M (default 0.5)")
-    p.add_argument("--base", choices=["maxnorm", "nscaling"], default=None, help="threshold: whose scales to use")
+    p.add_argument("--p", type=float, default=None, help="robust/channelwise: the percentile (default 99.9)")
+    p.add_argument("--base", choices=list(BASES), default=None, help="threshold: whose scales to use")
+    p.add_argument("--maxpool-rate", choices=RATE_ESTIMATES, default="count", help="max-pool gate rate estimate")
+    p.add_argument("--maxpool-decay", type=float, default=0.9, help="max-pool gate: decay of the ewma estimate")
     p.add_argument("--reset", choices=RESETS, default="zero")
     p.add_argument("--v-min", default="auto", help="membrane lower bound: auto (Yang eq. 17), none, or a number")
     p.add_argument("--readout", choices=READOUTS, default="spikes")
@@ -143,6 +146,8 @@ def _rule_options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if args.n is not None:
         options["n"] = args.n
+    if args.p is not None:
+        options["p"] = args.p
     if args.base is not None:
         if args.rule != "threshold":
             raise ValueError("--base only applies to --rule threshold")
@@ -167,7 +172,7 @@ def _cmd_convert(args: argparse.Namespace) -> None:
     stats = calibrate(traced, calibration.tensors()[0], max_images=None)
     snn = build_snn(
         traced, stats, args.rule, reset=args.reset, v_min=_parse_v_min(args.v_min), readout=args.readout,
-        **_rule_options(args),
+        maxpool_rate=args.maxpool_rate, maxpool_decay=args.maxpool_decay, **_rule_options(args),
     )  # fmt: skip
     save_snn(args.out, snn, {k: record[k] for k in ("format", "arch", "input_shape", "state_dict")} | {"dataset": name})
     assert snn.info is not None

@@ -112,6 +112,12 @@ def maxnorm(traced: TracedNetwork, stats: ActivationStats) -> list[ScaleValue]:
     return robust(traced, stats, p=100.0)
 
 
+def no_normalization(traced: TracedNetwork, stats: ActivationStats) -> list[ScaleValue]:
+    """No normalization (Rueckauer 2016 Fig. 2a, "default"): lambda_l = 1, the ANN's weights
+    and biases as they are, threshold 1."""
+    return _inherit(traced, [1.0 for _ in traced.stages])
+
+
 def robust(traced: TracedNetwork, stats: ActivationStats, p: float = 99.9) -> list[ScaleValue]:
     """Robust normalization (Rueckauer 2016 Sec. 3.2.2): lambda_l = the p-th percentile of
     layer l's non-zero activations on the calibration set (p = 99.9 by default; p = 100 is
@@ -241,6 +247,7 @@ class RuleSpec:
 
 
 RULES: dict[str, RuleSpec] = {
+    "none": RuleSpec(scales=no_normalization, mode="weights", options=(), doc="no normalization: weights as trained"),
     "maxnorm": RuleSpec(scales=maxnorm, mode="weights", options=(), doc="max-norm weight normalization"),
     "robust": RuleSpec(
         scales=robust, mode="weights", options=("p",), doc="robust normalization: p-th percentile (99.9)"

@@ -94,7 +94,7 @@ def train(
         bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{options.epochs}", disable=not progress)
         for x, y in bar:
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
+            loss = _loss(loss_fn, model, model(x), y)
             loss.backward()
             optimizer.step()
             scheduler.step()
@@ -119,6 +119,15 @@ def train(
         record = load_torch(checkpoint, "checkpoint")
     model.eval()
     return model, record
+
+
+def _loss(loss_fn: nn.Module, model: nn.Module, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy; for a model that ends in a softmax (Rueckauer's CIFAR-10 net) the
+    negative log of its probabilities, which is the same loss."""
+    last = list(model.modules())[-1]
+    if isinstance(last, nn.Softmax):
+        return nn.functional.nll_loss(torch.log(out.clamp_min(1e-30)), y)
+    return loss_fn(out, y)
 
 
 def _checkpoint_record(arch: str, model: nn.Module, options: TrainOptions, history: list) -> dict[str, Any]:
