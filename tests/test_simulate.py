@@ -136,3 +136,14 @@ def test_rates_and_spike_totals_are_consistent():
         assert float(counts.sum()) == result.spikes_per_layer[name]
         assert 0 <= result.firing_rates[name] <= 1
     assert float(result.spikes_per_image.sum()) == pytest.approx(sum(result.spikes_per_layer.values()))
+
+
+def test_rate_correlation_is_near_one_for_subtraction_and_long_runs():
+    from spikeconv.metrics import rate_correlation
+
+    snn = _convert("subtract", rule="maxnorm")
+    images = random_images(20, seed=8)
+    report = rate_correlation(snn, images, T=500)
+    assert report["0"]["correlation"] > 0.999 and report["0"]["mean_abs_error"] < 2 / 500
+    short = rate_correlation(snn, images, T=5)
+    assert short["0"]["mean_abs_error"] > report["0"]["mean_abs_error"]
