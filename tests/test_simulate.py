@@ -160,3 +160,14 @@ def test_threshold_balancing_fast_equals_reference_in_float32():
     kwargs = dict(T=40, coding="constant", record_trains=True)
     _assert_same(spikeconv.simulate(snn, images, method="fast", **kwargs),
                  spikeconv.simulate(snn, images, method="reference", **kwargs))  # fmt: skip
+
+
+def test_rate_correlation_is_near_one_for_subtraction_and_long_runs():
+    from spikeconv.metrics import rate_correlation
+
+    snn = _convert("subtract", rule="maxnorm")
+    images = random_images(20, seed=8)
+    report = rate_correlation(snn, images, T=500)
+    assert report["0"]["correlation"] > 0.999 and report["0"]["mean_abs_error"] < 2 / 500
+    short = rate_correlation(snn, images, T=5)
+    assert short["0"]["mean_abs_error"] > report["0"]["mean_abs_error"]

@@ -23,7 +23,9 @@ from typing import Any, Literal
 from .calibrate import ActivationStats, LayerStats
 from .graph import ConversionError, TracedNetwork
 
-__all__ = ["LayerMapping", "Mapping", "RULES", "maxnorm", "nscaling", "map_scales", "membrane_bits"]
+__all__ = [
+    "LayerMapping", "Mapping", "RULES", "maxnorm", "nscaling", "map_scales", "membrane_bits", "smallest_unsaturated_n",
+]  # fmt: skip
 
 MappingMode = Literal["weights", "thresholds"]
 
@@ -99,7 +101,8 @@ def maxnorm(traced: TracedNetwork, stats: ActivationStats) -> list[float]:
 def nscaling(traced: TracedNetwork, stats: ActivationStats, n: float = 0.5, ceil_first: bool = True) -> list[float]:
     """Yang 2020 "n-scaling" (eq. 16, Appendix B): f^l = n * a_M^l / (f^0 ... f^{l-1}),
     f^0 = 1, pooling stages f = 1; then f^1 <- ceil(f^1). As in Appendix B the ceiling is
-    applied after all factors are computed, so it lowers saturation in every later layer."""
+    applied after all factors are computed, so it lowers saturation in every later layer.
+    ``n="auto"`` (resolved by :func:`map_scales`) picks :func:`smallest_unsaturated_n`."""
     if not 0 < n <= 1:
         raise ValueError(f"n must be in (0, 1] (Yang eq. 15 derives n in [0.5, 1]), got {n}")
     factors, product = [], 1.0
@@ -110,6 +113,29 @@ def nscaling(traced: TracedNetwork, stats: ActivationStats, n: float = 0.5, ceil
     if ceil_first:
         factors[0] = float(math.ceil(factors[0]))
     return factors
+
+
+def smallest_unsaturated_n(
+    traced: TracedNetwork, stats: ActivationStats, fraction: float = 0.9, ceil_first: bool = True, step: float = 0.01
+) -> float:
+    """The smallest n (on a grid of ``step``) for which every layer keeps at least
+    ``fraction`` of its non-zero activations below its scale: Yang's ">= 90 % unsaturated"
+    rule (Sec. 3.3) turned into a choice of n instead of a check."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    count = round(1.0 / step)
+    for k in range(1, count + 1):
+        n = round(k * step, 10)
+        factors = nscaling(traced, stats, n=n, ceil_first=ceil_first)
+        scale, ok = 1.0, True
+        for layer, factor in zip(stats.layers, factors, strict=True):
+            scale *= factor
+            if layer.fraction_below(scale) < fraction:
+                ok = False
+                break
+        if ok:
+            return n
+    return 1.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -152,6 +178,11 @@ def map_scales(traced: TracedNetwork, stats: ActivationStats, rule: str, **optio
         raise ConversionError(
             f"statistics cover {len(stats.layers)} layers but the model has {len(traced.stages)}: recalibrate"
         )
+    if options.get("n") == "auto":  # Yang Sec. 3.3: smallest n with >= 90 % unsaturated everywhere
+        options = dict(options, n=smallest_unsaturated_n(traced, stats, ceil_first=options.get("ceil_first", True)))
+        resolved = dict(options, n_chosen_by="auto: smallest n with >= 90 % unsaturated in every layer")
+    else:
+        resolved = dict(options)
     factors = spec.factors(traced, stats, **options)
     layers, scale = [], 1.0
     for stage, layer, factor in zip(traced.stages, stats.layers, factors, strict=True):
@@ -166,4 +197,4 @@ def map_scales(traced: TracedNetwork, stats: ActivationStats, rule: str, **optio
                 v_min=layer.min_negative_input / scale,
             )
         )
-    return Mapping(rule=rule, mode=spec.mode, options=dict(options), layers=tuple(layers))
+    return Mapping(rule=rule, mode=spec.mode, options=resolved, layers=tuple(layers))
