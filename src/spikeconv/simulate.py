@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from . import _kernel
 from .encoders import CODINGS, encode
 from .fixedpoint import FixedPoint, quantize_network
 from .inputs import iter_batches
@@ -292,13 +293,14 @@ def _run_fast(
     fixed: FixedPoint | None,
     record_counts: bool,
     record_trains: bool,
+    use_kernel: bool = True,
 ) -> _BatchRecord:
     stages = snn.spiking_stages
     batch = len(x)
     state: list[Tensor | None] = [None] * len(stages)
     acc = _Accumulator(len(stages), batch, T, x.device, record_counts, record_trains)
     readout = _Readout(snn, y, T, x.device)
-    constant_current = stages[0].synapse(x) if coding == "constant" else None
+    constant_current = stages[0].synapse(x).contiguous() if coding == "constant" else None
     for start in range(0, T, chunk):
         steps = min(chunk, T - start)
         if constant_current is None:
@@ -309,10 +311,12 @@ def _run_fast(
                 current = constant_current.unsqueeze(0).expand(steps, *constant_current.shape)
             else:
                 current = stage.synapse(layer_input.flatten(0, 1)).unflatten(0, (steps, batch))
-            spikes, membranes, state[index] = _recurrence(stage, current, state[index], snn.readout, fixed)
+            spikes, membranes, state[index], counts = _recurrence(
+                stage, current, state[index], snn.readout, fixed, use_kernel=use_kernel
+            )
             if membranes is not None:
                 readout.update(spikes, membranes)
-            acc.add_layer(index, spikes, start)
+            acc.add_layer(index, spikes, start, counts)
             layer_input = spikes
     return acc.finish(readout)
 
@@ -338,7 +342,9 @@ def _run_reference(
             acc.add_input(layer_input)
         for index, stage in enumerate(stages):
             current = stage.synapse(layer_input[0]).unsqueeze(0)
-            spikes, membranes, state[index] = _recurrence(stage, current, state[index], snn.readout, fixed)
+            spikes, membranes, state[index], _ = _recurrence(
+                stage, current, state[index], snn.readout, fixed, use_kernel=False
+            )
             if membranes is not None:
                 readout.update(spikes, membranes)
             acc.add_layer(index, spikes, t)
@@ -359,12 +365,15 @@ class _Accumulator:
     def add_input(self, spikes: Tensor) -> None:
         self.input_spikes += spikes.flatten(2).sum((0, 2), dtype=torch.float64)
 
-    def add_layer(self, index: int, spikes: Tensor, start: int) -> None:
-        """``spikes`` ``[steps, B, ...]`` of layer ``index`` for steps ``start+1 ..``."""
-        self.step_spikes[start : start + len(spikes)] += spikes.flatten(1).sum(1, dtype=torch.float64)
-        per_neuron = spikes.sum(0)
-        self.layer_spikes[index] += per_neuron.flatten(1).sum(1, dtype=torch.float64)
+    def add_layer(self, index: int, spikes: Tensor, start: int, counts: Tensor | None = None) -> None:
+        """``spikes`` ``[steps, B, ...]`` of layer ``index`` for steps ``start+1 ..``;
+        ``counts`` ``[steps, B]``: their sums per step and image when already known."""
+        if counts is None:
+            counts = spikes.flatten(2).sum(2, dtype=torch.float64)
+        self.step_spikes[start : start + len(spikes)] += counts.sum(1)
+        self.layer_spikes[index] += counts.sum(0)
         if self.counts:
+            per_neuron = spikes.sum(0)
             previous = self.counts[index]
             self.counts[index] = per_neuron if previous is None else previous + per_neuron
         if self.trains:
@@ -385,18 +394,44 @@ class _Accumulator:
 
 
 def _recurrence(
-    stage: SpikingStage, current: Tensor, v: Tensor | None, readout: str, fixed: FixedPoint | None
-) -> tuple[Tensor, Tensor | None, Tensor]:
+    stage: SpikingStage,
+    current: Tensor,
+    v: Tensor | None,
+    readout: str,
+    fixed: FixedPoint | None,
+    *,
+    use_kernel: bool,
+) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
     """The IF recurrence over the steps of ``current`` ``[steps, B, ...]``. Returns the
-    spikes, the membrane after each step (output stage only) and the final membrane.
-    In fixed point the current is rounded to the grid and the membrane saturates."""
+    spikes, the membrane after each step (output stage only), the final membrane and, from
+    the fused kernel, the spikes per step and image ``[steps, B]`` (else ``None``).
+    In fixed point the current is rounded to the grid and the membrane saturates.
+
+    ``use_kernel``: run the fused C recurrence (:mod:`spikeconv._kernel`) when it supports
+    the tensors; it overwrites a freshly computed ``current`` with the spikes. Otherwise
+    (and in the step-by-step reference) the tensor loop over :func:`if_step`."""
     if fixed is not None:
         current = fixed.quantize(current)
+    integrate_only = stage.is_output and readout == "membrane"
+    if use_kernel and _kernel.supports(current):
+        broadcast = current.stride(0) == 0
+        if not broadcast:
+            current = current.contiguous()
+        v = torch.zeros_like(current[0], memory_format=torch.contiguous_format) if v is None else v
+        spikes = torch.empty_like(current, memory_format=torch.contiguous_format) if broadcast else current
+        membranes = torch.empty_like(spikes) if stage.is_output else None
+        counts = _kernel.if_recurrence(
+            current, v,
+            mode="integrate" if integrate_only else stage.neuron.reset,
+            threshold=stage.neuron.threshold, v_min=stage.neuron.v_min,
+            saturate=None if fixed is None else (fixed.low, fixed.high),
+            spikes=spikes, membranes=membranes,
+        )  # fmt: skip
+        return spikes, membranes, v, counts
     if v is None:
         v = torch.zeros_like(current[0])
     spikes = torch.empty_like(current)
     membranes = torch.empty_like(current) if stage.is_output else None
-    integrate_only = stage.is_output and readout == "membrane"
     for k in range(len(current)):
         if integrate_only:
             v = v + current[k]
@@ -407,4 +442,4 @@ def _recurrence(
             v = fixed.saturate(v)
         if membranes is not None:
             membranes[k] = v
-    return spikes, membranes, v
+    return spikes, membranes, v, None
