@@ -91,3 +91,36 @@ def test_subset_is_seeded():
     a, b = data.subset(50, seed=3), data.subset(50, seed=3)
     assert torch.equal(a.labels, b.labels) and len(a) == 50
     assert not torch.equal(a.images, data.subset(50, seed=4).images)
+
+
+def test_svhn_mat_files_are_read_with_label_10_as_zero(tmp_path):
+    from scipy.io import savemat
+
+    from spikeconv.data import load_svhn
+
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 256, size=(32, 32, 3, 5), dtype=np.uint8)
+    y = np.array([[10], [1], [2], [10], [9]])
+    (tmp_path / "SVHN").mkdir()
+    savemat(tmp_path / "SVHN" / "test_32x32.mat", {"X": x, "y": y})
+    data = load_dataset("svhn", "test", tmp_path)
+    assert data.images.shape == (5, 3, 32, 32)
+    assert data.labels.tolist() == [0, 1, 2, 0, 9]
+    assert torch.equal(data.images[1, 2], torch.from_numpy(x[:, :, 2, 1]))
+    with pytest.raises(DatasetNotFoundError, match="train_32x32.mat"):
+        load_svhn(tmp_path, "train")
+
+
+def test_center_crop_and_training_augmentation():
+    from spikeconv.training import TrainOptions, augment
+
+    images = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).view(2, 3, 32, 32)
+    from spikeconv.data import ImageDataset
+
+    data = ImageDataset(images=images, labels=torch.tensor([0, 1]), name="x", classes=("a", "b"))
+    crop = data.center_crop(24)
+    assert crop.input_shape == (3, 24, 24) and torch.equal(crop.images, images[:, :, 4:28, 4:28])
+    options = TrainOptions(crop=24, flip=True)
+    a = augment(images, options, torch.Generator().manual_seed(0))
+    b = augment(images, options, torch.Generator().manual_seed(0))
+    assert a.shape == (2, 3, 24, 24) and torch.equal(a, b)

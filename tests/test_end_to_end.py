@@ -44,6 +44,8 @@ def test_cli_train_convert_evaluate(tmp_path, digits_model, capsys):
     assert entry["images"] == 100 and len(entry["accuracy"]) == 50
     assert entry["conversion_loss"] == pytest.approx(entry["ann_accuracy"] - entry["final_accuracy"])
     assert entry["mapping"]["rule"] == "nscaling"
+    assert set(entry["rate_correlation"]) == {"0", "3", "7"}
+    assert all(-1 <= v["correlation"] <= 1 for v in entry["rate_correlation"].values())
     assert plot.stat().st_size > 10_000 and plot.read_bytes()[:4] == b"\x89PNG"
 
 

@@ -136,3 +136,38 @@ def test_rates_and_spike_totals_are_consistent():
         assert float(counts.sum()) == result.spikes_per_layer[name]
         assert 0 <= result.firing_rates[name] <= 1
     assert float(result.spikes_per_image.sum()) == pytest.approx(sum(result.spikes_per_layer.values()))
+
+
+@pytest.mark.parametrize("readout", ["spikes", "membrane"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_kernel_and_tensor_loop_give_the_reference_spikes(monkeypatch, readout, dtype):
+    """Reset to zero with V_min (clamped in the IF step, not in the integrate-only output)."""
+    from spikeconv import _kernel
+
+    snn = _convert("zero", readout=readout, dtype=dtype)
+    assert snn.spiking_stages[0].neuron.v_min is not None
+    images = random_images(10, seed=11, dtype=dtype)
+    kwargs = dict(T=35, coding="constant", record_trains=True)
+    reference = spikeconv.simulate(snn, images, method="reference", **kwargs)
+    _assert_same(spikeconv.simulate(snn, images, method="fast", **kwargs), reference)
+    monkeypatch.setattr(_kernel, "supports", lambda current: False)
+    _assert_same(spikeconv.simulate(snn, images, method="fast", **kwargs), reference)
+
+
+def test_threshold_balancing_fast_equals_reference_in_float32():
+    snn = _convert("subtract", dtype=torch.float32, rule="threshold")
+    images = random_images(10, seed=12, dtype=torch.float32)
+    kwargs = dict(T=40, coding="constant", record_trains=True)
+    _assert_same(spikeconv.simulate(snn, images, method="fast", **kwargs),
+                 spikeconv.simulate(snn, images, method="reference", **kwargs))  # fmt: skip
+
+
+def test_rate_correlation_is_near_one_for_subtraction_and_long_runs():
+    from spikeconv.metrics import rate_correlation
+
+    snn = _convert("subtract", rule="maxnorm")
+    images = random_images(20, seed=8)
+    report = rate_correlation(snn, images, T=500)
+    assert report["0"]["correlation"] > 0.999 and report["0"]["mean_abs_error"] < 2 / 500
+    short = rate_correlation(snn, images, T=5)
+    assert short["0"]["mean_abs_error"] > report["0"]["mean_abs_error"]

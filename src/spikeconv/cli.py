@@ -4,6 +4,7 @@ the public API; errors in what the user gave are printed as one line and exit co
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,12 +15,13 @@ import torch
 from . import __version__
 from .calibrate import calibrate
 from .convert import build_snn, load_snn, save_snn
-from .data import DATASETS, DatasetNotFoundError, load_dataset
+from .data import DATASETS, DatasetNotFoundError, ImageDataset, load_dataset
 from .encoders import CODINGS
-from .experiments import run_demo
+from .experiments import run_demo, yang
+from .experiments.yang_report import REPORTS
 from .graph import ConversionError, trace
-from .io import write_json
-from .metrics import conversion_loss
+from .io import write_json, write_text
+from .metrics import conversion_loss, rate_correlation
 from .models import ZOO
 from .network import READOUTS
 from .neurons import RATE_ESTIMATES, RESETS
@@ -36,6 +38,15 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value
+
+
+def _n_value(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1] or 'auto', got {text!r}") from error
 
 
 def _steps(text: str) -> list[int]:
@@ -74,13 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (cosine-annealed)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--crop", type=_positive_int, default=None, help="random crops of this size (test: centre crops)")
+    p.add_argument("--flip", action="store_true", help="random horizontal flips")
     p.add_argument("--out", type=Path, required=True, help="checkpoint file (written after every epoch)")
 
     p = sub.add_parser("convert", parents=[common], help="convert a trained model into a spiking network")
     p.add_argument("--model", type=Path, required=True, help="checkpoint written by `spikeconv train`")
     _add_data(p)
     p.add_argument("--rule", choices=list(RULES), default="nscaling", help="weight/threshold mapping rule")
-    p.add_argument("--n", type=float, default=None, help="nscaling: the n of f = n * a_M (default 0.5)")
+    p.add_argument(
+        "--n", type=_n_value, default=None,
+        help="nscaling: the n of f = n * a_M (default 0.5), or 'auto': the smallest n with >= 90 %% unsaturated",
+    )  # fmt: skip
     p.add_argument("--p", type=float, default=None, help="robust/channelwise: the percentile (default 99.9)")
     p.add_argument("--base", choices=list(BASES), default=None, help="threshold: whose scales to use")
     p.add_argument("--maxpool-rate", choices=RATE_ESTIMATES, default="count", help="max-pool gate rate estimate")
@@ -103,8 +119,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-size", type=_positive_int, default=None, help="a seeded subset of the test set")
     p.add_argument("--steps", type=_steps, default=None, help="steps to print, e.g. 10,20,50,100")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda")
+    p.add_argument(
+        "--correlation-images", type=_positive_int, default=100,
+        help="images for the per-layer correlation of firing rate with the normalized ANN activation",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="results JSON")
     p.add_argument("--plot", type=Path, default=None, help="PNG of accuracy against time step")
+
+    p = sub.add_parser(
+        "experiment", parents=[common],
+        help="Yang et al. 2020 Sec. 4 experiments: stats, sweep-n, fixed-point, noise, spikes (JSON, markdown, PNG)",
+    )  # fmt: skip
+    p.add_argument("name", choices=list(REPORTS), help="which experiment")
+    p.add_argument("--model", type=Path, required=True, help="checkpoint written by `spikeconv train`")
+    _add_data(p)
+    p.add_argument("--out-dir", type=Path, default=Path("experiments_out"))
+    p.add_argument("-T", "--T", dest="T", type=_positive_int, default=None, help="time steps (default: per experiment)")
+    p.add_argument("--coding", choices=CODINGS, default="poisson")
+    p.add_argument("--n", type=float, default=0.5, help="n of the n-scaling rule (stats, fixed-point, noise, spikes)")
+    p.add_argument("--test-size", type=_positive_int, default=None, help="a seeded subset of the test set")
+    p.add_argument("--calibration-size", type=_positive_int, default=5000, help="training images for statistics")
+    p.add_argument("--repeats", type=_positive_int, default=5, help="noise: seeded draws per level")
+    p.add_argument("--widths", type=_steps, default=list(range(8, 17)), help="fixed-point: total widths, e.g. 8,12,16")
+    p.add_argument("--batch-size", type=_positive_int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="start afresh instead of resuming --out-dir/NAME.json")
 
     p = sub.add_parser("demo", parents=[common], help="train on the embedded 8x8 digits, convert, simulate, plot")
     p.add_argument("--out-dir", type=Path, default=Path("demo_out"))
@@ -133,11 +172,22 @@ def _dataset_name(args: argparse.Namespace, arch: str) -> str:
     return name
 
 
+def fit_to_model(data: ImageDataset, input_shape: tuple[int, ...]) -> ImageDataset:
+    """Centre-crop images larger than the model's input (Yang's 24x24 CIFAR-10 test
+    protocol); any other mismatch is left for the shape check to report."""
+    if data.input_shape != tuple(input_shape) and data.input_shape[0] == input_shape[0]:
+        if data.input_shape[1] > input_shape[1] and input_shape[1] == input_shape[2]:
+            return data.center_crop(input_shape[1])
+    return data
+
+
 def _cmd_train(args: argparse.Namespace) -> None:
     name = _dataset_name(args, args.model)
     train_set = load_dataset(name, "train", args.data_root)
-    test_set = load_dataset(name, "test", args.data_root)
-    options = TrainOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    test_set = fit_to_model(load_dataset(name, "test", args.data_root), ZOO[args.model].input_shape)
+    options = TrainOptions(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, crop=args.crop, flip=args.flip
+    )
     _, record = train(args.model, train_set, test_set, options, args.out, progress=not args.quiet)
     print(f"{args.model}: test accuracy {record['history'][-1]['test_accuracy']:.2f} % -> {args.out}")
 
@@ -168,6 +218,7 @@ def _cmd_convert(args: argparse.Namespace) -> None:
     model, record = load_model(args.model)
     name = _dataset_name(args, record["arch"])
     calibration = load_dataset(name, "train", args.data_root).subset(args.calibration_size, seed=args.seed)
+    calibration = fit_to_model(calibration, tuple(record["input_shape"]))
     traced = trace(model, tuple(record["input_shape"]), spiking_pool=args.spiking_pool)
     stats = calibrate(traced, calibration.tensors()[0], max_images=None)
     snn = build_snn(
@@ -197,6 +248,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         if name is None:
             raise ValueError(f"{path} does not record its dataset: pass --dataset")
         test = load_dataset(name, "test", args.data_root).subset(args.test_size, seed=args.seed)
+        test = fit_to_model(test, snn.input_shape)
         entry: dict[str, Any] = {"dataset": name}
         if ann is not None:
             ann_accuracy = entry["ann_accuracy"] = evaluate_ann(model_from_record(ann), test)
@@ -205,6 +257,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
             device=args.device, progress=not args.quiet,
         )  # fmt: skip
         entry.update(result.to_dict())
+        sample = test.tensors()[0][: args.correlation_images]
+        entry["rate_correlation"] = rate_correlation(snn, sample, T=args.T, coding=args.coding, seed=args.seed)
         if snn.info is not None:
             entry["mapping"] = snn.info.mapping.to_dict()
         if ann_accuracy is not None:
@@ -217,12 +271,73 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         ann_text = f"ANN {ann_accuracy:.2f} %, " if ann_accuracy is not None else ""
         print(f"{label} ({len(test)} images): {ann_text}{shown}")
         print(f"  latency(0.1 pp) {result.latency():d} steps, {entry['spikes_per_image']:.0f} spikes/image")
+        correlations = ", ".join(f"{k}: {v['correlation']:.3f}" for k, v in entry["rate_correlation"].items())
+        print(f"  rate-activation correlation per layer ({len(sample)} images): {correlations}")
     if args.out:
         write_json(args.out, results)
         print(f"results -> {args.out}")
     if args.plot:
         plot_accuracy(curves, args.plot, ann_accuracy=ann_accuracy, title=f"accuracy over time ({args.coding} input)")
         print(f"plot -> {args.plot}")
+
+
+EXPERIMENT_T = {"sweep-n": 200, "fixed-point": 100, "noise": 100, "spikes": 200, "stats": 0}
+
+
+def _cmd_experiment(args: argparse.Namespace) -> None:
+    model, record = load_model(args.model)
+    name = _dataset_name(args, record["arch"])
+    shape = tuple(record["input_shape"])
+    T = args.T or EXPERIMENT_T[args.name]
+    settings = {
+        "model": str(args.model), "dataset": name, "T": T, "coding": args.coding, "n": args.n, "seed": args.seed,
+        "test_size": args.test_size, "calibration_size": args.calibration_size, "repeats": args.repeats,
+    }  # fmt: skip
+    out_json = args.out_dir / f"{args.name}.json"
+    done: dict[str, Any] = {}
+    if out_json.exists() and not args.force:
+        previous = json.loads(out_json.read_text())
+        if previous.get("settings") != settings:
+            raise ValueError(
+                f"{out_json} holds a run with other settings ({previous.get('settings')}): pass --force to start "
+                "afresh or another --out-dir"
+            )
+        done = previous.get("result", {})
+        print(f"resuming {out_json}")
+    calibration = fit_to_model(load_dataset(name, "train", args.data_root), shape)
+    calibration = calibration.subset(args.calibration_size, seed=args.seed)
+    test = fit_to_model(load_dataset(name, "test", args.data_root), shape).subset(args.test_size, seed=args.seed)
+    traced = trace(model, shape)
+    stats = calibrate(traced, calibration.tensors()[0], max_images=None)
+
+    def save(result: dict[str, Any]) -> None:
+        write_json(out_json, {"experiment": args.name, "settings": settings, "result": result})
+
+    progress = not args.quiet
+    common = {"coding": args.coding, "seed": args.seed, "batch_size": args.batch_size}
+    if args.name == "stats":
+        result = yang.activation_statistics(traced, stats, n=args.n)
+    elif args.name == "sweep-n":
+        result = yang.sweep_n(traced, stats, test, T=T, done=done, save=save, progress=progress, **common)
+    elif args.name == "spikes":
+        result = yang.spike_comparison(traced, stats, test, n=args.n, T=T, progress=progress, **common)
+    else:
+        snn = build_snn(traced, stats, "nscaling", n=args.n, reset="zero")
+        if args.name == "fixed-point":
+            result = yang.fixed_point(
+                snn, test, T=T, widths=args.widths, done=done, save=save, progress=progress, **common
+            )
+        else:
+            result = yang.noise_robustness(
+                model, snn, test, T=T, repeats=args.repeats, done=done, save=save, progress=progress, **common
+            )
+    save(result)
+    paper = yang.PAPER.get(name, {})
+    body = REPORTS[args.name](result, paper, args.out_dir / f"{args.name}.png")
+    command = "spikeconv experiment " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["experiment"] else args.name
+    text = f"# {args.name}: {record['arch']} on {name}\n\nCommand: `{command}`\n\n{body}\n"
+    write_text(args.out_dir / f"{args.name}.md", text)
+    print(text)
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -233,7 +348,10 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     print(f"results -> {args.out_dir / 'demo.json'}, plot -> {args.out_dir / 'accuracy.png'}")
 
 
-COMMANDS = {"train": _cmd_train, "convert": _cmd_convert, "evaluate": _cmd_evaluate, "demo": _cmd_demo}
+COMMANDS = {
+    "train": _cmd_train, "convert": _cmd_convert, "evaluate": _cmd_evaluate, "experiment": _cmd_experiment,
+    "demo": _cmd_demo,
+}  # fmt: skip
 
 if __name__ == "__main__":
     sys.exit(main())

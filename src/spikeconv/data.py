@@ -25,11 +25,12 @@ __all__ = [
     "load_digits",
     "load_image_folder",
     "load_mnist",
+    "load_svhn",
     "read_idx",
     "DATASETS",
 ]
 
-DATASETS = ("digits", "mnist", "cifar10")
+DATASETS = ("digits", "mnist", "cifar10", "svhn")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm")
 
 
@@ -84,6 +85,15 @@ class ImageDataset:
         index = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:count]
         index, _ = index.sort()
         return ImageDataset(images=self.images[index], labels=self.labels[index], name=self.name, classes=self.classes)
+
+    def center_crop(self, size: int) -> ImageDataset:
+        """The central ``size`` x ``size`` crop of every image (Yang's CIFAR-10 test images)."""
+        h, w = self.images.shape[2:]
+        if size > min(h, w):
+            raise ValueError(f"cannot crop {h}x{w} images of {self.name} to {size}x{size}")
+        top, left = (h - size) // 2, (w - size) // 2
+        images = self.images[:, :, top : top + size, left : left + size].contiguous()
+        return ImageDataset(images=images, labels=self.labels, name=f"{self.name}-crop{size}", classes=self.classes)
 
     def batches(
         self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None
@@ -203,16 +213,41 @@ def load_image_folder(path: str | Path, *, grayscale: bool = False) -> ImageData
     )
 
 
+def load_svhn(root: str | Path, split: str = "train") -> ImageDataset:
+    """SVHN from its standard MATLAB files (``train_32x32.mat``, ``test_32x32.mat``) under
+    ``root`` or ``root/SVHN``: ``X`` is [32, 32, 3, N] uint8, ``y`` is [N, 1] with 10 for
+    the digit 0 (mapped to label 0 here)."""
+    from scipy.io import loadmat
+
+    _check_split(split)
+    root = Path(root)
+    name = f"{split}_32x32.mat"
+    path = next((p for p in (root / name, root / "SVHN" / name, root / "svhn" / name) if p.is_file()), None)
+    if path is None:
+        raise DatasetNotFoundError(
+            f"SVHN {split} file not found: expected {name} in {root} or {root / 'SVHN'}. "
+            "Point --data-root (data_root=) at the folder that contains it."
+        )
+    mat = loadmat(path)
+    if "X" not in mat or "y" not in mat:
+        raise ValueError(f"{path} has no 'X' and 'y' arrays: not an SVHN cropped-digits file")
+    images = torch.from_numpy(np.ascontiguousarray(mat["X"].transpose(3, 2, 0, 1)).astype(np.uint8))
+    labels = torch.from_numpy(mat["y"].reshape(-1).astype(np.int64) % 10)
+    return ImageDataset(images=images, labels=labels, name=f"svhn-{split}", classes=tuple(str(i) for i in range(10)))
+
+
 def load_dataset(name: str, split: str = "train", data_root: str | Path | None = None) -> ImageDataset:
-    """Load a dataset by name: ``digits`` (embedded), ``mnist`` or ``cifar10`` (JPEG folders
-    under ``data_root/cifar10-jpeg/{train,test}``)."""
+    """Load a dataset by name: ``digits`` (embedded), ``mnist``, ``svhn`` (.mat files) or
+    ``cifar10`` (JPEG folders under ``data_root/cifar10-jpeg/{train,test}``)."""
     _check_split(split)
     if name == "digits":
         return load_digits(split)
-    if name in ("mnist", "cifar10") and data_root is None:
+    if name in ("mnist", "cifar10", "svhn") and data_root is None:
         raise DatasetNotFoundError(f"dataset {name!r} needs --data-root (data_root=): the folder that holds it")
     if name == "mnist":
         return load_mnist(data_root, split)  # type: ignore[arg-type]
+    if name == "svhn":
+        return load_svhn(data_root, split)  # type: ignore[arg-type]
     if name == "cifar10":
         return load_image_folder(Path(data_root) / "cifar10-jpeg" / split)  # type: ignore[arg-type]
     raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")

@@ -42,12 +42,13 @@ def rate_correlation(snn: SpikingNetwork, images: Tensor, T: int = 100, coding: 
     from .simulate import simulate
 
     result = simulate(snn, images, T=T, coding=coding, seed=seed, record_counts=True)
-    assert result.spike_counts is not None
-    ideal = snn.analog_forward(images)
+    if result.spike_counts is None:  # record_counts=True always fills it
+        raise RuntimeError("simulate() returned no spike counts")
+    ideal = snn.analog_forward(images.to(next(snn.parameters()).device))
     report = {}
     for (name, counts), target in zip(result.spike_counts.items(), ideal, strict=True):
         rate = counts.double().flatten() / T
-        target = target.double().clamp(0, 1).flatten()
+        target = target.double().clamp(0, 1).flatten().cpu()
         if rate.std() == 0 or target.std() == 0:
             corr = float("nan")
         else:

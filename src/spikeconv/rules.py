@@ -42,6 +42,7 @@ from .graph import ConversionError, TracedNetwork
 
 __all__ = [
     "LayerMapping", "Mapping", "RULES", "maxnorm", "robust", "channelwise", "nscaling", "map_scales", "membrane_bits",
+    "smallest_unsaturated_n",
 ]  # fmt: skip
 
 ScaleValue = float | Tensor  # one scale per layer, or [C] per output channel
@@ -159,7 +160,8 @@ def nscaling(
     """Yang 2020 "n-scaling" (eq. 16, Appendix B): f^l = n * a_M^l / (f^0 ... f^{l-1}),
     f^0 = 1, pooling stages f = 1; then f^1 <- ceil(f^1). So lambda_l = n * a_M^l, all
     multiplied by ceil(f^1) / f^1: as in Appendix B the ceiling is applied after all
-    factors are computed, so it lowers saturation in every later layer."""
+    factors are computed, so it lowers saturation in every later layer.
+    ``n="auto"`` (resolved by :func:`map_scales`) picks :func:`smallest_unsaturated_n`."""
     if not 0 < n <= 1:
         raise ValueError(f"n must be in (0, 1] (Yang eq. 15 derives n in [0.5, 1]), got {n}")
     raw: list[ScaleValue] = []
@@ -173,6 +175,23 @@ def nscaling(
         scales = [s * ratio for s in scales]
         scales[first] = float(math.ceil(f1))
     return scales
+
+
+def smallest_unsaturated_n(
+    traced: TracedNetwork, stats: ActivationStats, fraction: float = 0.9, ceil_first: bool = True, step: float = 0.01
+) -> float:
+    """The smallest n (on a grid of ``step``) for which every layer keeps at least
+    ``fraction`` of its non-zero activations below its scale: Yang's ">= 90 % unsaturated"
+    rule (Sec. 3.3) turned into a choice of n instead of a check."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    count = round(1.0 / step)
+    for k in range(1, count + 1):
+        n = round(k * step, 10)
+        scales = nscaling(traced, stats, n=n, ceil_first=ceil_first)
+        if all(layer.fraction_below(largest(scale)) >= fraction for layer, scale in zip(stats.layers, scales, strict=True)):
+            return n
+    return 1.0
 
 
 def _require_active(layer: LayerStats, scale: float) -> float:
@@ -287,6 +306,11 @@ def map_scales(traced: TracedNetwork, stats: ActivationStats, rule: str, **optio
         raise ConversionError(
             f"statistics cover {len(stats.layers)} layers but the model has {len(traced.stages)}: recalibrate"
         )
+    if options.get("n") == "auto":  # Yang Sec. 3.3: smallest n with >= 90 % unsaturated everywhere
+        options = dict(options, n=smallest_unsaturated_n(traced, stats, ceil_first=options.get("ceil_first", True)))
+        resolved = dict(options, n_chosen_by="auto: smallest n with >= 90 % unsaturated in every layer")
+    else:
+        resolved = dict(options)
     scales = share_scales(traced, spec.scales(traced, stats, **options))
     layers = []
     for stage, layer, scale in zip(traced.stages, stats.layers, scales, strict=True):
@@ -309,4 +333,4 @@ def map_scales(traced: TracedNetwork, stats: ActivationStats, rule: str, **optio
                 channel_scales=tuple(float(v) for v in scale) if per_channel else None,  # type: ignore[union-attr]
             )
         )
-    return Mapping(rule=rule, mode=spec.mode, options=dict(options), layers=tuple(layers))
+    return Mapping(rule=rule, mode=spec.mode, options=resolved, layers=tuple(layers))

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from . import _kernel
 from .encoders import CODINGS, encode
 from .fixedpoint import FixedPoint, quantize_network
 from .inputs import iter_batches
@@ -298,6 +299,7 @@ def _run_fast(
     fixed: FixedPoint | None,
     record_counts: bool,
     record_trains: bool,
+    use_kernel: bool = True,
 ) -> _BatchRecord:
     stages = snn.spiking_stages
     batch = len(x)
@@ -306,7 +308,7 @@ def _run_fast(
     readout = _Readout(snn, y, T, x.device)
     constant = coding == "constant"
     constant_current = {  # stages reading only the analog input: their current is the same every step
-        i: s.synapse(*([x] * len(s.sources or (-1,))))
+        i: s.synapse(*([x] * len(s.sources or (-1,)))).contiguous()
         for i, s in enumerate(stages)
         if constant and s.gate is None and all(k < 0 for k in s.source_indices(i))
     }
@@ -318,6 +320,7 @@ def _run_fast(
         outputs: list[Tensor] = []
         for index, stage in enumerate(stages):
             inputs = [layer_input if s < 0 else outputs[s] for s in stage.source_indices(index)]
+            counts: Tensor | None = None
             if stage.gate is not None:
                 spikes, state[index] = maxpool_gate(inputs[0], state[index], stage.gate)
                 membranes = None
@@ -327,14 +330,20 @@ def _run_fast(
                     current = c.unsqueeze(0).expand(steps, *c.shape)
                 else:
                     current = stage.synapse(*(i.flatten(0, 1) for i in inputs)).unflatten(0, (steps, batch))
-                spikes, membranes, state[index] = _recurrence(
-                    stage, current, state[index], snn, fixed, generators[1]
+                    if any(_shares_memory(current, i) for i in inputs):  # an identity synapse: the kernel
+                        current = current.clone()  # writes spikes into `current`, which must not be an input
+                spikes, membranes, state[index], counts = _recurrence(
+                    stage, current, state[index], snn, fixed, generators[1], use_kernel=use_kernel
                 )
             if membranes is not None:
                 readout.update(spikes, membranes)
-            acc.add_layer(index, spikes, start)
+            acc.add_layer(index, spikes, start, counts)
             outputs.append(spikes)
     return acc.finish(readout)
+
+
+def _shares_memory(a: Tensor, b: Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 def _run_reference(
@@ -364,7 +373,9 @@ def _run_reference(
                 membranes = None
             else:
                 current = stage.synapse(*(i[0] for i in inputs)).unsqueeze(0)
-                spikes, membranes, state[index] = _recurrence(stage, current, state[index], snn, fixed, generators[1])
+                spikes, membranes, state[index], _ = _recurrence(
+                    stage, current, state[index], snn, fixed, generators[1], use_kernel=False
+                )
             if membranes is not None:
                 readout.update(spikes, membranes)
             acc.add_layer(index, spikes, t)
@@ -385,12 +396,15 @@ class _Accumulator:
     def add_input(self, spikes: Tensor) -> None:
         self.input_spikes += spikes.flatten(2).sum((0, 2), dtype=torch.float64)
 
-    def add_layer(self, index: int, spikes: Tensor, start: int) -> None:
-        """``spikes`` ``[steps, B, ...]`` of layer ``index`` for steps ``start+1 ..``."""
-        self.step_spikes[start : start + len(spikes)] += spikes.flatten(1).sum(1, dtype=torch.float64)
-        per_neuron = spikes.sum(0)
-        self.layer_spikes[index] += per_neuron.flatten(1).sum(1, dtype=torch.float64)
+    def add_layer(self, index: int, spikes: Tensor, start: int, counts: Tensor | None = None) -> None:
+        """``spikes`` ``[steps, B, ...]`` of layer ``index`` for steps ``start+1 ..``;
+        ``counts`` ``[steps, B]``: their sums per step and image when already known."""
+        if counts is None:
+            counts = spikes.flatten(2).sum(2, dtype=torch.float64)
+        self.step_spikes[start : start + len(spikes)] += counts.sum(1)
+        self.layer_spikes[index] += counts.sum(0)
         if self.counts:
+            per_neuron = spikes.sum(0)
             previous = self.counts[index]
             self.counts[index] = per_neuron if previous is None else previous + per_neuron
         if self.trains:
@@ -417,20 +431,45 @@ def _recurrence(
     snn: SpikingNetwork,
     fixed: FixedPoint | None,
     softmax_generator: torch.Generator | None = None,
-) -> tuple[Tensor, Tensor | None, Tensor]:
+    *,
+    use_kernel: bool,
+) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
     """The IF recurrence over the steps of ``current`` ``[steps, B, ...]``. Returns the
-    spikes, the membrane after each step (output stage only) and the final membrane.
+    spikes, the membrane after each step (output stage only), the final membrane and, from
+    the fused kernel, the spikes per step and image ``[steps, B]`` (else ``None``).
     In fixed point the current is rounded to the grid and the membrane saturates. The
     output stage of the membrane and softmax readouts only integrates; the softmax readout
-    then draws its spikes (:func:`spikeconv.neurons.softmax_spikes`)."""
+    then draws its spikes (:func:`spikeconv.neurons.softmax_spikes`).
+
+    ``use_kernel``: run the fused C recurrence (:mod:`spikeconv._kernel`) when it supports
+    the tensors (one-number thresholds, no softmax readout); it overwrites a freshly computed
+    ``current`` with the spikes. Otherwise (and in the step-by-step reference) the tensor
+    loop over :func:`if_step`."""
     if fixed is not None:
         current = fixed.quantize(current)
+    integrate_only = stage.is_output and snn.readout in ("membrane", "softmax")
+    softmax = stage.is_output and snn.readout == "softmax"
+    scalar_neuron = not isinstance(stage.neuron.threshold, Tensor) and not isinstance(stage.neuron.v_min, Tensor)
+    if use_kernel and not softmax and scalar_neuron and _kernel.supports(current):
+        broadcast = current.stride(0) == 0
+        if not broadcast:
+            current = current.contiguous()
+        v = torch.zeros_like(current[0], memory_format=torch.contiguous_format) if v is None else v
+        spikes = torch.empty_like(current, memory_format=torch.contiguous_format) if broadcast else current
+        membranes = torch.empty_like(spikes) if stage.is_output else None
+        counts = _kernel.if_recurrence(
+            current, v,
+            mode="integrate" if integrate_only else stage.neuron.reset,
+            threshold=float(stage.neuron.threshold),
+            v_min=None if stage.neuron.v_min is None else float(stage.neuron.v_min),
+            saturate=None if fixed is None else (fixed.low, fixed.high),
+            spikes=spikes, membranes=membranes,
+        )  # fmt: skip
+        return spikes, membranes, v, counts
     if v is None:
         v = torch.zeros_like(current[0])
     spikes = torch.empty_like(current)
     membranes = torch.empty_like(current) if stage.is_output else None
-    integrate_only = stage.is_output and snn.readout in ("membrane", "softmax")
-    softmax = stage.is_output and snn.readout == "softmax"
     for k in range(len(current)):
         if integrate_only:
             v = v + current[k]
@@ -441,4 +480,4 @@ def _recurrence(
             v = fixed.saturate(v)
         if membranes is not None:
             membranes[k] = v
-    return spikes, membranes, v
+    return spikes, membranes, v, None

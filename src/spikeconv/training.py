@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from .data import ImageDataset
 from .io import load_torch, save_torch
 from .models import ZOO, build_model
 
-__all__ = ["TrainOptions", "train", "evaluate_ann", "save_model", "load_model", "model_from_record"]
+__all__ = ["TrainOptions", "train", "evaluate_ann", "save_model", "load_model", "model_from_record", "augment"]
 
 MODEL_FORMAT = "spikeconv-model/1"
 
@@ -31,6 +31,8 @@ class TrainOptions:
     lr: float = 1e-3  # Adam, cosine-annealed to 0 over the run
     weight_decay: float = 0.0
     seed: int = 0
+    crop: int | None = None  # random crops of this size for training (Yang's CIFAR-10: 24 from 32)
+    flip: bool = False  # random horizontal flips for training
 
     def __post_init__(self) -> None:
         if self.epochs <= 0 or self.batch_size <= 0 or self.lr <= 0:
@@ -43,8 +45,9 @@ def evaluate_ann(model: nn.Module, data: ImageDataset, batch_size: int = 500) ->
     was_training = model.training
     model.eval()
     correct = 0
+    dtype = next((p.dtype for p in model.parameters()), torch.float32)
     for x, y in data.batches(batch_size):
-        correct += int((model(x).argmax(1) == y).sum())
+        correct += int((model(x.to(dtype)).argmax(1) == y).sum())
     model.train(was_training)
     return 100.0 * correct / len(data)
 
@@ -64,8 +67,14 @@ def train(
     torch.manual_seed(options.seed)
     model = build_model(arch)
     expected = ZOO[arch].input_shape
-    if train_set.input_shape != expected:
+    trained_shape = train_set.input_shape if options.crop is None else (train_set.input_shape[0], options.crop, options.crop)
+    if trained_shape != expected:
         raise ValueError(f"model {arch!r} expects inputs {expected} but {train_set.name} has {train_set.input_shape}")
+    if test_set is not None and test_set.input_shape != expected:
+        raise ValueError(
+            f"model {arch!r} expects inputs {expected} but the test set {test_set.name} has {test_set.input_shape}: "
+            "centre-crop it (ImageDataset.center_crop)"
+        )
     optimizer = torch.optim.Adam(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
     steps_per_epoch = -(-len(train_set) // options.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.epochs * steps_per_epoch)
@@ -93,6 +102,7 @@ def train(
         batches = train_set.batches(options.batch_size, shuffle=True, generator=generator)
         bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{options.epochs}", disable=not progress)
         for x, y in bar:
+            x = augment(x, options, generator)
             optimizer.zero_grad(set_to_none=True)
             loss = _loss(loss_fn, model, model(x), y)
             loss.backward()
@@ -128,6 +138,22 @@ def _loss(loss_fn: nn.Module, model: nn.Module, out: torch.Tensor, y: torch.Tens
     if isinstance(last, nn.Softmax):
         return nn.functional.nll_loss(torch.log(out.clamp_min(1e-30)), y)
     return loss_fn(out, y)
+
+
+def augment(x: Tensor, options: TrainOptions, generator: torch.Generator) -> Tensor:
+    """Random crop (one offset per image) and horizontal flip, drawn from ``generator``."""
+    if options.crop is not None:
+        size = options.crop
+        h, w = x.shape[2:]
+        if size > min(h, w):
+            raise ValueError(f"crop {size} is larger than the {h}x{w} training images")
+        tops = torch.randint(0, h - size + 1, (len(x),), generator=generator)
+        lefts = torch.randint(0, w - size + 1, (len(x),), generator=generator)
+        x = torch.stack([img[:, t : t + size, l : l + size] for img, t, l in zip(x, tops.tolist(), lefts.tolist())])
+    if options.flip:
+        flip = torch.rand(len(x), generator=generator) < 0.5
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+    return x
 
 
 def _checkpoint_record(arch: str, model: nn.Module, options: TrainOptions, history: list) -> dict[str, Any]:

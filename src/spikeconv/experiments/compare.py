@@ -1,28 +1,25 @@
-"""Experiments built from the public API: compare conversion rules on one trained model
-(accuracy against T, latency, spikes, timings) and the embedded-digits demo."""
+"""Compare conversion rules on one trained model: accuracy against T, latency, spikes,
+timings; calibrated once, every rule mapped from the same statistics."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .calibrate import calibrate
-from .convert import build_snn
-from .data import ImageDataset, load_digits
-from .graph import trace
-from .io import write_json, write_text
-from .metrics import conversion_loss
-from .plotting import plot_accuracy
-from .simulate import simulate
-from .training import TrainOptions, evaluate_ann, train
+from ..calibrate import calibrate
+from ..convert import build_snn
+from ..data import ImageDataset
+from ..graph import trace
+from ..metrics import conversion_loss
+from ..training import evaluate_ann
+from ..simulate import simulate
 
-__all__ = ["RuleSetting", "compare_rules", "markdown_table", "run_demo", "DEFAULT_STEPS"]
+__all__ = ["RuleSetting", "compare_rules", "markdown_table", "DEFAULT_STEPS"]
 
 DEFAULT_STEPS = (10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 200)
 
@@ -107,36 +104,3 @@ def markdown_table(record: dict[str, Any], steps: Sequence[int]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines.append(f"\nANN accuracy: {record['ann_accuracy']:.2f} % on {record['test_images']} test images.")
     return "\n".join(lines)
-
-
-def run_demo(
-    out_dir: str | Path,
-    *,
-    epochs: int = 30,
-    T: int = 200,
-    coding: str = "poisson",
-    seed: int = 0,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Train the digits net on scikit-learn's 8x8 digits (resuming a checkpoint in
-    ``out_dir``), convert with maxnorm and nscaling (reset to zero, as Yang et al.),
-    simulate to ``T`` with ``coding`` input; write ``demo.json``, ``demo.md`` and
-    ``accuracy.png`` to ``out_dir``."""
-    out_dir = Path(out_dir)
-    train_set, test_set = load_digits("train"), load_digits("test")
-    options = TrainOptions(epochs=epochs, batch_size=32, lr=1e-2, seed=seed)
-    model, _ = train("digits", train_set, test_set, options, out_dir / "digits-model.pt", progress=progress)
-    settings = [RuleSetting(label="maxnorm", rule="maxnorm"), RuleSetting(label="nscaling (n=0.5)", rule="nscaling")]
-    steps = [s for s in (5, 10, 20, 30, 50, 100, 150, 200) if s <= T]
-    record, curves = compare_rules(
-        model, train_set, test_set, settings, T=T, coding=coding, seed=seed, steps=steps, progress=progress
-    )
-    record["dataset"] = "scikit-learn digits 8x8 (1,438 train / 359 test)"
-    write_json(out_dir / "demo.json", record)
-    table = markdown_table(record, steps)
-    write_text(out_dir / "demo.md", table + "\n")
-    plot_accuracy(
-        curves, out_dir / "accuracy.png", ann_accuracy=record["ann_accuracy"], title=f"8x8 digits: SNN accuracy over time ({coding} input)"
-    )
-    record["table"] = table
-    return record

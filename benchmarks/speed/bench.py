@@ -1,0 +1,421 @@
+"""Simulation speed of spikeconv against SpikingJelly, sinabs, snnTorch and a plain PyTorch
+step loop, on the same converted networks and inputs, in one process (issue 6).
+
+Run in the benchmark environment made by ``setup.sh``, holding the CPU lock:
+
+    flock /tmp/spikeconv-cpu.lock benchmarks/speed/.venv/bin/python benchmarks/speed/bench.py
+
+Writes ``benchmarks/speed/results.json``, ``docs/speed.md`` and ``docs/speed_*.png``.
+
+What every contender simulates (max-norm with percentile 100, reset by subtraction,
+threshold 1, analog input = the image as a constant current every step, IF neurons after
+every ReLU and on the output layer, at most one spike per step):
+
+* The ANN is converted once with spikeconv's max-norm (``rule="maxnorm"``: the largest
+  activation of each layer on the calibration images). The *normalized* ANN (spikeconv's
+  scaled synapses with a ReLU after each) is what the peers' converters get, so all tools
+  map the same weights and the same thresholds. (SpikingJelly's own max-norm keeps the
+  weights and scales the membrane around each neuron instead; that is the same maths with
+  other float rounding. sinabs has no normalization in ``from_model``; snnTorch has no
+  converter at all.)
+* Its weights are rounded to multiples of 2^-8 and the images to multiples of 2^-8, so
+  that every sum the networks form is exact in float32 whatever its order (products lie
+  on a 2^-16 grid and the positive membrane stays far below 2^8). Tools that add in another order (snnTorch
+  subtracts the reset one step late: (V + z) - s*tau instead of (V - s*tau) + z) or
+  convolve in other batch shapes then still give identical spikes, so the check below can
+  demand equality.
+* Conventions matched explicitly: snnTorch fires when U > U_thr (spikeconv, SpikingJelly and
+  sinabs: >=), so its neurons get a >= step function; sinabs' default ``MultiSpike`` emits
+  several spikes per step and clamps the membrane at -1, so it gets ``SingleSpike`` and
+  ``min_v_mem=None``; SpikingJelly's converter puts a voltage scaler before and after each
+  neuron, set to 1 here (the scales are already in the weights). Average pooling: every
+  tool keeps it as a linear op on the spikes before the next synapse (no neuron after it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+import spikeconv
+from spikeconv.data import load_mnist
+from spikeconv.training import load_model
+
+ROOT = Path(__file__).resolve().parents[2]
+THREADS = 2
+Runner = Callable[[Tensor, int], Tensor]  # (images [B, ...], T) -> output spike counts [B, classes]
+
+
+# ----------------------------------------------------------------------------- networks
+def vgg_small() -> nn.Sequential:
+    """A small VGG-style net on 3x32x32: two 3x3 convs per block, average pooling."""
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 8 * 8, 128), nn.ReLU(), nn.Linear(128, 10),
+    )  # fmt: skip
+
+
+def _grid(x: Tensor, bits: int) -> Tensor:
+    return torch.round(x * 2**bits) / 2**bits
+
+
+def load_networks(data_root: Path, checkpoint: Path) -> dict[str, tuple[nn.Module, Tensor, Tensor]]:
+    """name -> (ANN, calibration images, test images), images on a 2^-8 grid."""
+    mnist_model, _ = load_model(checkpoint)
+    train = load_mnist(data_root, "train")
+    test = load_mnist(data_root, "test")
+    to_float = lambda images: _grid(images.float() / 255, 8)  # noqa: E731
+    torch.manual_seed(0)
+    vgg = vgg_small().eval()
+    generator = torch.Generator().manual_seed(1)
+    vgg_images = _grid(torch.rand(2000, 3, 32, 32, generator=generator), 8)
+    return {
+        "yang-mnist": (mnist_model, to_float(train.images[:5000]), to_float(test.images[:1000])),
+        "vgg-small": (vgg, vgg_images[:1000], vgg_images[1000:]),
+    }
+
+
+def convert_spikeconv(ann: nn.Module, calibration: Tensor) -> spikeconv.SpikingNetwork:
+    snn = spikeconv.convert(ann, calibration, rule="maxnorm", reset="subtract", calibration_size=None)
+    with torch.no_grad():
+        for p in snn.parameters():
+            p.copy_(_grid(p, 8))
+    return snn
+
+
+def normalized_ann(snn: spikeconv.SpikingNetwork) -> nn.Sequential:
+    """The ANN whose ReLUs the peers turn into IF neurons: spikeconv's scaled synapses."""
+    layers: list[nn.Module] = []
+    for stage in snn.spiking_stages:
+        layers.extend(stage.synapse)
+        if not stage.is_output:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers).eval()
+
+
+# ----------------------------------------------------------------------------- contenders
+def run_spikeconv(snn: spikeconv.SpikingNetwork) -> Runner:
+    def run(x: Tensor, T: int) -> Tensor:
+        return spikeconv.simulate(snn, x, T=T, coding="constant", batch_size=len(x)).output_counts
+
+    return run
+
+
+def run_plain_loop(ann: nn.Sequential) -> Runner:
+    """The 'write it yourself' baseline: step by step, IF neurons after every ReLU and at
+    the output, reset by subtraction, threshold 1."""
+    cuts = [i for i, m in enumerate(ann) if isinstance(m, nn.ReLU)]
+    bounds = [0, *[c + 1 for c in cuts], len(ann)]
+    synapses = [nn.Sequential(*[m for m in ann[a:b] if not isinstance(m, nn.ReLU)]) for a, b in zip(bounds, bounds[1:])]
+
+    @torch.inference_mode()
+    def run(x: Tensor, T: int) -> Tensor:
+        v: list[Tensor | None] = [None] * len(synapses)
+        counts = torch.zeros(0)
+        for t in range(T):
+            s = x
+            for i, synapse in enumerate(synapses):
+                z = synapse(s)
+                v_i = z if v[i] is None else v[i] + z  # type: ignore[operator]
+                s = (v_i >= 1.0).to(z.dtype)
+                v[i] = v_i - s
+            counts = s if t == 0 else counts + s
+        return counts
+
+    return run
+
+
+def run_spikingjelly(ann: nn.Sequential, calibration: Tensor) -> Runner:
+    from spikingjelly.activation_based import functional, neuron
+    from spikingjelly.activation_based.ann2snn import Converter
+    from spikingjelly.activation_based.ann2snn.recipes.rate_coding import RateCodingRecipe
+
+    recipe = RateCodingRecipe(
+        dataloader=[calibration[:200]], mode="Max",
+        neuron_factory=lambda scale: neuron.IFNode(v_threshold=1.0, v_reset=None),
+    )  # fmt: skip
+    converted = Converter(recipe).convert(ann)
+    scalers = 0
+    for module in converted.modules():
+        if type(module).__name__ == "VoltageScaler":
+            module.scale.fill_(1.0)  # the scales are already in the weights (see the module docstring)
+            scalers += 1
+    snn = nn.Sequential(converted, neuron.IFNode(v_threshold=1.0, v_reset=None)).eval()
+    neurons = sum(isinstance(m, neuron.IFNode) for m in snn.modules())
+
+    @torch.inference_mode()
+    def run(x: Tensor, T: int) -> Tensor:
+        functional.reset_net(snn)
+        counts = snn(x)
+        for _ in range(T - 1):
+            counts = counts + snn(x)
+        functional.reset_net(snn)
+        return counts
+
+    run.note = f"ann2snn.Converter(RateCodingRecipe(mode='Max')), {neurons} IFNode layers (soft reset), {scalers} voltage scalers set to 1"  # type: ignore[attr-defined]
+    return run
+
+
+def run_sinabs(ann: nn.Sequential, input_shape: tuple[int, ...], chunk: int = 100) -> Runner:
+    import sinabs
+    from sinabs.activation import MembraneSubtract, SingleSpike
+
+    @torch.inference_mode()
+    def run(x: Tensor, T: int) -> Tensor:
+        batch = len(x)
+        net = sinabs.from_model(
+            ann, input_shape=input_shape, spike_threshold=torch.tensor(1.0), spike_fn=SingleSpike,
+            reset_fn=MembraneSubtract(), min_v_mem=None, batch_size=batch, add_spiking_output=True,
+        ).spiking_model  # fmt: skip
+        counts = None
+        for start in range(0, T, chunk):  # the layers keep their state between calls
+            steps = min(chunk, T - start)
+            out = net(x.unsqueeze(1).expand(batch, steps, *x.shape[1:]).reshape(batch * steps, *x.shape[1:]))
+            part = out.reshape(batch, steps, -1).sum(1)
+            counts = part if counts is None else counts + part
+        return counts  # type: ignore[return-value]
+
+    run.note = f"from_model(spike_fn=SingleSpike, reset_fn=MembraneSubtract(), min_v_mem=None, add_spiking_output=True), fed {chunk} steps per call"  # type: ignore[attr-defined]
+    return run
+
+
+def _step_ge(x: Tensor) -> Tensor:
+    return (x >= 0).to(x.dtype)
+
+
+def run_snntorch(ann: nn.Sequential) -> Runner:
+    import snntorch
+    from snntorch import utils
+
+    layers: list[nn.Module] = []
+    for module in ann:
+        if isinstance(module, nn.ReLU):
+            layers.append(snntorch.Leaky(beta=1.0, threshold=1.0, reset_mechanism="subtract", init_hidden=True, spike_grad=_step_ge))
+        else:
+            layers.append(module)
+    layers.append(snntorch.Leaky(beta=1.0, threshold=1.0, reset_mechanism="subtract", init_hidden=True, spike_grad=_step_ge))
+    snn = nn.Sequential(*layers).eval()
+
+    @torch.inference_mode()
+    def run(x: Tensor, T: int) -> Tensor:
+        utils.reset(snn)
+        counts = snn(x)
+        for _ in range(T - 1):
+            counts = counts + snn(x)
+        return counts
+
+    run.note = "nn.Sequential with snntorch.Leaky(beta=1, reset_mechanism='subtract', spike_grad=x>=0) after each ReLU and at the output (snnTorch has no converter)"  # type: ignore[attr-defined]
+    return run
+
+
+def run_ann_limit(ann: nn.Module, max_images: int = 10_000) -> Runner:
+    """The limit: T ANN forward passes as batched calls on T*B images (at most
+    ``max_images`` per call, so that memory stays bounded at T*B = 10^6)."""
+
+    @torch.inference_mode()
+    def run(x: Tensor, T: int) -> Tensor:
+        per_call = max(1, max_images // len(x)) if len(x) <= max_images else 1
+        out = None
+        for start in range(0, T, per_call):
+            steps = min(per_call, T - start)
+            out = ann(x.unsqueeze(0).expand(steps, *x.shape).reshape(steps * len(x), *x.shape[1:]))
+        return out  # type: ignore[return-value]
+
+    return run
+
+
+# ----------------------------------------------------------------------------- measurement
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1])
+    return 0
+
+
+def measure(run: Runner, x: Tensor, T: int) -> tuple[float, float, Tensor]:
+    """Wall time (s), peak resident memory above the start (MiB), output counts."""
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak RSS (VmHWM)
+    except OSError:
+        pass
+    base = _rss_kib("VmRSS:")
+    started = time.perf_counter()
+    out = run(x, T)
+    elapsed = time.perf_counter() - started
+    peak = max(0, _rss_kib("VmHWM:") - base) / 1024
+    return elapsed, peak, out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "datasets")
+    parser.add_argument("--checkpoint", type=Path, default=ROOT / "benchmarks" / "runs" / "yang-mnist.pt")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per contender and size; the best is kept")
+    parser.add_argument("--peer-budget", type=float, default=3e4,
+                        help="largest T x batch run with the step-by-step contenders (they are slow)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "speed" / "results.json")
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script")
+    args = parser.parse_args()
+    if not args.data_root.exists():
+        args.data_root = Path("/work/shared/datasets")
+    torch.set_num_threads(THREADS)
+    networks = load_networks(args.data_root, args.checkpoint)
+    sizes = {  # (T, batch)
+        "yang-mnist": [(100, 100), (300, 100), (1000, 100), (100, 300), (100, 1000), (1000, 1000)],
+        "vgg-small": [(100, 100), (1000, 100), (100, 1000)],
+    }
+    peer_budget = {"yang-mnist": args.peer_budget, "vgg-small": args.peer_budget / 3}
+    if args.quick:
+        sizes = {name: [(10, 20), (20, 20)] for name in sizes}
+    results: dict[str, object] = {
+        "command": "flock /tmp/spikeconv-cpu.lock benchmarks/speed/.venv/bin/python benchmarks/speed/bench.py"
+        + (" --quick" if args.quick else ""),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "torch_threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "versions": {p: version(p) for p in ("torch", "spikeconv", "spikingjelly", "sinabs", "snntorch")},
+        "kernel": spikeconv._kernel.available(),  # noqa: SLF001
+        "repeats": args.repeats,
+        "peer_budget": args.peer_budget,  # vgg-small: a third of it
+        "networks": {},
+    }
+    for name, (ann, calibration, images) in networks.items():
+        snn = convert_spikeconv(ann, calibration)
+        norm = normalized_ann(snn)
+        input_shape = tuple(images.shape[1:])
+        contenders: dict[str, Runner] = {
+            "spikeconv": run_spikeconv(snn),
+            "plain loop": run_plain_loop(norm),
+            "SpikingJelly": run_spikingjelly(norm, calibration),
+            "sinabs": run_sinabs(norm, input_shape),
+            "snnTorch": run_snntorch(norm),
+            "ANN limit": run_ann_limit(ann),
+        }
+        notes = {k: getattr(r, "note", "") for k, r in contenders.items()}
+        net_result: dict[str, object] = {"input_shape": list(input_shape), "notes": notes, "sizes": []}
+        results["networks"][name] = net_result  # type: ignore[index]
+        for T, batch in sizes[name]:
+            x = images[:batch]
+            active = [k for k in contenders if k in ("spikeconv", "ANN limit") or T * batch <= peer_budget[name]]
+            times: dict[str, list[float]] = {k: [] for k in active}
+            peaks: dict[str, float] = {}
+            outputs: dict[str, Tensor] = {}
+            repeats = args.repeats if T * batch <= 2e5 else max(2, args.repeats - 1)
+            for _ in range(repeats):  # interleaved: every contender once per round
+                for key in active:
+                    elapsed, peak, out = measure(contenders[key], x, T)
+                    times[key].append(elapsed)
+                    peaks[key] = max(peaks.get(key, 0.0), peak)
+                    outputs[key] = out
+                    print(f"{name} T={T} B={batch} {key}: {elapsed:.2f} s", flush=True)
+            reference = outputs["spikeconv"]
+            rows = {}
+            for key in active:
+                best = min(times[key])
+                row = {
+                    "best_s": best, "times_s": times[key], "median_s": statistics.median(times[key]),
+                    "image_steps_per_s": T * batch / best, "peak_rss_mib": peaks[key],
+                }  # fmt: skip
+                if key != "ANN limit":
+                    differ = (outputs[key].reshape(batch, -1) != reference).any(1)
+                    row["images_with_different_counts"] = int(differ.sum())
+                    row["identical"] = bool(not differ.any())
+                rows[key] = row
+            ours = rows["spikeconv"]["best_s"]
+            for key, row in rows.items():
+                row["spikeconv_speedup"] = row["best_s"] / ours
+            rows["spikeconv"]["over_limit"] = ours / rows["ANN limit"]["best_s"]
+            net_result["sizes"].append({"T": T, "batch": batch, "skipped": [k for k in contenders if k not in active],
+                                        "load_average": os.getloadavg()[0], "results": rows})  # fmt: skip
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=1) + "\n")
+    write_docs(results, args.docs, args.out)
+
+
+# ----------------------------------------------------------------------------- report
+def write_docs(results: dict, docs: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    docs.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "# Simulation speed: spikeconv against SpikingJelly, sinabs, snnTorch and a plain loop",
+        "",
+        f"Measured {results['date']} with `{results['command']}` (results: `{out.name}`), "
+        f"{results['torch_threads']} torch threads on {results['cpu_count']} cores, "
+        + ", ".join(f"{k} {v}" for k, v in results["versions"].items())
+        + f"; fused IF kernel: {'on' if results['kernel'] else 'off'}. Best of {results['repeats']} interleaved runs "
+        "(2 at T x batch > 2e5); the step-by-step peers only where T x batch <= the peer budget (they take minutes beyond it on this shared 2-core machine). Throughput in image-steps per second; 'x' columns: how many times "
+        "longer the contender took than spikeconv; 'limit': spikeconv's time over T ANN forward "
+        "passes done as batched calls (at most 10,000 images per call). Peak memory is the rise of "
+        "the process's peak resident set during the run. 'same' = output spike counts identical to "
+        "spikeconv's on every image.",
+        "",
+    ]
+    for name, net in results["networks"].items():
+        lines += [f"## {name} (input {'x'.join(map(str, net['input_shape']))})", ""]
+        peers = [k for k in ("plain loop", "SpikingJelly", "sinabs", "snnTorch")]
+        header = "| T | batch | spikeconv img·steps/s | limit | peak MiB |"
+        header += "".join(f" {p} img·steps/s | x | same |" for p in peers)
+        lines += [header, "|" + "---|" * (header.count("|") - 1)]
+        for size in net["sizes"]:
+            r = size["results"]
+            ours = r["spikeconv"]
+            row = f"| {size['T']} | {size['batch']} | {ours['image_steps_per_s']:,.0f} | {ours['over_limit']:.2f} | {ours['peak_rss_mib']:.0f} |"
+            for p in peers:
+                if p in r:
+                    same = "yes" if r[p]["identical"] else f"no ({r[p]['images_with_different_counts']})"
+                    row += f" {r[p]['image_steps_per_s']:,.0f} | {r[p]['spikeconv_speedup']:.1f} | {same} |"
+                else:
+                    row += " not run | | |"
+            lines.append(row)
+        lines += ["", "How each peer was configured:", ""]
+        lines += [f"- {k}: {v}" for k, v in net["notes"].items() if v]
+        lines.append("")
+        for axis, fixed_key, fixed in (("T", "batch", 100), ("batch", "T", 100)):
+            points = [s for s in net["sizes"] if s[fixed_key] == fixed]
+            if len(points) < 2:
+                continue
+            fig, ax = plt.subplots(figsize=(5.5, 3.8))
+            for key in ("spikeconv", "plain loop", "SpikingJelly", "sinabs", "snnTorch", "ANN limit"):
+                xs = [s[axis] for s in points if key in s["results"]]
+                ys = [s["results"][key]["image_steps_per_s"] for s in points if key in s["results"]]
+                if xs:
+                    ax.plot(xs, ys, marker="o", label=key, linestyle="--" if key == "ANN limit" else "-")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel(axis)
+            ax.set_ylabel("image·steps / s")
+            ax.set_title(f"{name}, {fixed_key} = {fixed}, {results['torch_threads']} threads")
+            ax.legend(fontsize=8)
+            fig.tight_layout()
+            png = docs / f"speed_{name}_vs_{axis}.png"
+            fig.savefig(png, dpi=110)
+            plt.close(fig)
+            lines += [f"![{name}: throughput against {axis}]({png.name})", ""]
+    (docs / "speed.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
