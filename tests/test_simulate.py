@@ -49,12 +49,18 @@ def test_membrane_readout_matches_reference_and_predicts_argmax_potential():
     assert fast.output_counts.sum() == 0
 
 
-def test_time_chunking_does_not_change_the_result():
-    snn = _convert("zero")
-    images = random_images(16, seed=7)
-    whole = spikeconv.simulate(snn, images, T=50, coding="poisson", record_trains=True)
-    chunked = spikeconv.simulate(snn, images, T=50, coding="poisson", record_trains=True, memory_bytes=1)
+@pytest.mark.parametrize("coding", ["constant", "poisson"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_time_chunking_does_not_change_the_result(coding, dtype):
+    """One-step chunks included: a constant current must never be overwritten in place."""
+    snn = _convert("zero", dtype=dtype)
+    images = random_images(16, seed=7, dtype=dtype)
+    whole = spikeconv.simulate(snn, images, T=50, coding=coding, record_trains=True, memory_bytes=2**30)
+    chunked = spikeconv.simulate(snn, images, T=50, coding=coding, record_trains=True, memory_bytes=1)
+    reference = spikeconv.simulate(snn, images, T=50, coding=coding, record_trains=True, method="reference")
     _assert_same(whole, chunked)
+    _assert_same(reference, chunked)
+    assert chunked.spikes_per_image.sum() > 0
 
 
 def test_module_forward_is_the_step_by_step_simulation():

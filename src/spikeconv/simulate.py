@@ -32,7 +32,9 @@ from .network import SpikingNetwork, SpikingStage
 __all__ = ["SimulationResult", "simulate", "METHODS"]
 
 METHODS = ("fast", "reference")
-DEFAULT_MEMORY_BYTES = 512 * 2**20  # activations of one time chunk
+# Activations of one time chunk. Small chunks stay in cache: on the Yang MNIST net 16 MiB
+# ran 1.4x faster than 512 MiB (benchmarks/speed, 2 threads).
+DEFAULT_MEMORY_BYTES = 16 * 2**20
 _SOFTMAX_SEED_OFFSET = 0x5F3759DF  # the softmax readout draws from its own stream, so both simulators agree
 
 
@@ -327,7 +329,9 @@ def _run_fast(
             else:
                 if index in constant_current:
                     c = constant_current[index]
-                    current = c.unsqueeze(0).expand(steps, *c.shape)
+                    # stride 0 over time even for one step: the kernel then writes its spikes
+                    # to a new tensor instead of over the shared constant current
+                    current = c.as_strided((steps, *c.shape), (0, *c.stride()))
                 else:
                     current = stage.synapse(*(i.flatten(0, 1) for i in inputs)).unflatten(0, (steps, batch))
                     if any(_shares_memory(current, i) for i in inputs):  # an identity synapse: the kernel
