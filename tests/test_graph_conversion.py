@@ -158,6 +158,12 @@ def test_batchnorm_is_folded_into_the_conv_and_a_lone_batchnorm_becomes_an_affin
 def _graphs(draw):
     """A random small network of conv / BN / linear / avg- and max-pool / add / cat."""
     ops = draw(st.lists(st.sampled_from(["conv", "bn_conv", "add", "cat", "avgpool", "maxpool"]), min_size=1, max_size=4))
+    # spiking max-pooling gates the spikes of a ReLU: elsewhere (the input, a concatenation,
+    # another pool) the converter refuses it by design, so the generator uses avg-pool there
+    ops = [
+        "avgpool" if op == "maxpool" and (i == 0 or ops[i - 1] not in ("conv", "bn_conv", "add")) else op
+        for i, op in enumerate(ops)
+    ]
     head = draw(st.sampled_from(["linear", "bn_linear"]))
     seed = draw(st.integers(0, 10_000))
     return ops, head, seed
@@ -207,7 +213,7 @@ class _RandomNet(nn.Module):
         return self.out(F.relu(self.head(x)))
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=6, deadline=None, derandomize=True)
 @given(_graphs())
 def test_random_graphs_convert_and_their_rates_approach_the_ann(graph):
     ops, head, seed = graph

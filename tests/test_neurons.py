@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given, reject, settings
 from hypothesis import strategies as st
 
 import spikeconv
@@ -46,7 +46,7 @@ def test_invalid_neuron_parameters_are_refused(bad):
         IFParams(**bad)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 10_000), t=st.integers(1, 300), bias=st.booleans())
 def test_first_layer_rate_tracks_normalized_activation(seed, t, bias):
     """Reset by subtraction, constant input: after t steps the first layer's rate is
@@ -57,7 +57,11 @@ def test_first_layer_rate_tracks_normalized_activation(seed, t, bias):
     ).double().eval()
     images = torch.rand(3, 1, 8, 8, dtype=torch.float64)
     calibration = torch.rand(20, 1, 8, 8, dtype=torch.float64)
-    snn = spikeconv.convert(model, calibration, rule="nscaling", reset="subtract", n=0.5)
+    try:
+        snn = spikeconv.convert(model, calibration, rule="nscaling", reset="subtract", n=0.5)
+    except spikeconv.ConversionError:
+        reject()  # a random net with a layer that never fires has no scale to test
+
     result = spikeconv.simulate(snn, images, T=t, coding="constant", record_counts=True)
     rates = result.spike_counts["0"] / t
     ideal = snn.analog_forward(images)[0].clamp(0, 1)
