@@ -74,7 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     suffix = "_quick" if args.quick else ""
-    options = TrainOptions(epochs=1 if args.quick else args.epochs, batch_size=64, lr=1e-3, weight_decay=5e-4, seed=0)
+    options = TrainOptions(epochs=1 if args.quick else args.epochs, batch_size=64, lr=1e-3, weight_decay=5e-4, seed=0, flip=True, pad=4)
     T = 20 if args.quick else args.T
     test_size = 50 if args.quick else args.test_size
     results_path = HERE / "results" / f"cifar_rueckauer{suffix}.json"
@@ -118,6 +118,12 @@ def main() -> None:
     def run(label: str, rule: str, rule_options: dict[str, Any], reset: str, coding: str, group: str) -> None:
         if label in results[group] and not args.force:
             print(f"{group} {label}: done ({results[group][label]['final_accuracy']:.2f} %)")
+            return
+        same = [e for g in ("fig2a", "fig2b") for e in results[g].values()
+                if (e["rule"], e["options"], e["reset"], e["coding"]) == (rule, rule_options, reset, coding)]
+        if same:  # the same setting in the other figure: one simulation serves both
+            results[group][label] = same[0]
+            write_json(results_path, results)
             return
         snn = spikeconv.build_snn(traced, stats, rule, reset=reset, v_min=None, readout="softmax", **rule_options)
         result = spikeconv.simulate(snn, data, T=T, coding=coding, seed=0, batch_size=args.batch_size)

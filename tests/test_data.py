@@ -124,3 +124,20 @@ def test_center_crop_and_training_augmentation():
     a = augment(images, options, torch.Generator().manual_seed(0))
     b = augment(images, options, torch.Generator().manual_seed(0))
     assert a.shape == (2, 3, 24, 24) and torch.equal(a, b)
+
+
+def test_padded_crop_keeps_size_and_is_a_window_of_the_padded_image():
+    from spikeconv.training import TrainOptions, augment
+
+    images = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(1)) + 1.0  # no zeros inside
+    out = augment(images, TrainOptions(pad=2), torch.Generator().manual_seed(0))
+    assert out.shape == images.shape
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    offsets = set()
+    for img, src in zip(out, padded):
+        found = [(t, l) for t in range(5) for l in range(5) if torch.equal(img, src[:, t : t + 8, l : l + 8])]
+        assert len(found) == 1
+        offsets.add(found[0])
+    assert len(offsets) > 1  # offsets are drawn per image
+    with pytest.raises(ValueError, match="pad"):
+        TrainOptions(pad=-1)

@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--crop", type=_positive_int, default=None, help="random crops of this size (test: centre crops)")
     p.add_argument("--flip", action="store_true", help="random horizontal flips")
+    p.add_argument("--pad", type=int, default=0, help="zero-pad by this many pixels before the random crop (CIFAR-10: 4)")
     p.add_argument("--out", type=Path, required=True, help="checkpoint file (written after every epoch)")
 
     p = sub.add_parser("convert", parents=[common], help="convert a trained model into a spiking network")
@@ -186,7 +187,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     train_set = load_dataset(name, "train", args.data_root)
     test_set = fit_to_model(load_dataset(name, "test", args.data_root), ZOO[args.model].input_shape)
     options = TrainOptions(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, crop=args.crop, flip=args.flip
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, crop=args.crop, flip=args.flip, pad=args.pad
     )
     _, record = train(args.model, train_set, test_set, options, args.out, progress=not args.quiet)
     print(f"{args.model}: test accuracy {record['history'][-1]['test_accuracy']:.2f} % -> {args.out}")

@@ -33,10 +33,13 @@ class TrainOptions:
     seed: int = 0
     crop: int | None = None  # random crops of this size for training (Yang's CIFAR-10: 24 from 32)
     flip: bool = False  # random horizontal flips for training
+    pad: int = 0  # zero-pad by this much before the random crop (the usual CIFAR-10 protocol: 4)
 
     def __post_init__(self) -> None:
         if self.epochs <= 0 or self.batch_size <= 0 or self.lr <= 0:
             raise ValueError(f"epochs, batch_size and lr must be positive: {self}")
+        if self.pad < 0:
+            raise ValueError(f"pad must be >= 0, got {self.pad}")
 
 
 @torch.inference_mode()
@@ -83,7 +86,9 @@ def train(
     start_epoch = 0
     if checkpoint.exists():
         state = load_torch(checkpoint, "checkpoint")
-        if state.get("arch") != arch or state.get("options") != asdict(options):
+        # Checkpoints written before an option existed hold its default.
+        saved_options = {**asdict(TrainOptions()), **state.get("options", {})}
+        if state.get("arch") != arch or saved_options != asdict(options):
             raise ValueError(
                 f"checkpoint {checkpoint} was written for {state.get('arch')} with {state.get('options')}, "
                 f"not {arch} with {asdict(options)}: pass another --out or delete it to start afresh"
@@ -141,9 +146,11 @@ def _loss(loss_fn: nn.Module, model: nn.Module, out: torch.Tensor, y: torch.Tens
 
 
 def augment(x: Tensor, options: TrainOptions, generator: torch.Generator) -> Tensor:
-    """Random crop (one offset per image) and horizontal flip, drawn from ``generator``."""
-    if options.crop is not None:
-        size = options.crop
+    """Zero padding, random crop (one offset per image) and horizontal flip, drawn from
+    ``generator``. With padding and no crop size the crop is the original size."""
+    if options.crop is not None or options.pad:
+        size = options.crop or x.shape[2]
+        x = nn.functional.pad(x, (options.pad,) * 4) if options.pad else x
         h, w = x.shape[2:]
         if size > min(h, w):
             raise ValueError(f"crop {size} is larger than the {h}x{w} training images")
