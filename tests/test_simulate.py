@@ -177,3 +177,49 @@ def test_rate_correlation_is_near_one_for_subtraction_and_long_runs():
     assert report["0"]["correlation"] > 0.999 and report["0"]["mean_abs_error"] < 2 / 500
     short = rate_correlation(snn, images, T=5)
     assert short["0"]["mean_abs_error"] > report["0"]["mean_abs_error"]
+
+
+def test_sub_batches_give_the_same_labels_and_accuracy_curve():
+    snn = _convert("subtract")
+    images = random_images(12, seed=9)
+    labels = torch.arange(12) % 5
+    whole = spikeconv.simulate(snn, (images, labels), T=40, coding="constant", memory_bytes=2**30)
+    split = spikeconv.simulate(snn, (images, labels), T=40, coding="constant", memory_bytes=1)  # one image each
+    assert torch.equal(whole.labels, split.labels) and torch.equal(whole.predictions, split.predictions)
+    assert torch.equal(whole.accuracy_curve(), split.accuracy_curve())
+    assert torch.equal(whole.output_counts, split.output_counts)
+
+
+@pytest.mark.parametrize("reset", ["zero", "subtract"])
+@pytest.mark.parametrize("v_min", [None, -0.5])
+def test_fused_kernel_in_channels_last_layout_steps_like_if_step(reset, v_min):
+    """The kernel takes any per-image-dense layout (the simulator hands it channels-last
+    currents) and must update every neuron exactly as if_step, in place or not."""
+    from spikeconv import _kernel
+    from spikeconv.neurons import IFParams, if_step
+
+    if not _kernel.available():
+        pytest.skip("no C compiler")
+    params = IFParams(threshold=0.75, reset=reset, v_min=v_min)
+    gen = torch.Generator().manual_seed(3)
+    flat = (torch.rand(24, 5, 3, 3, generator=gen) - 0.3).contiguous(memory_format=torch.channels_last)
+    current = flat.unflatten(0, (6, 4))  # [steps, B, C, H, W], as the simulator makes it
+    assert _kernel.dense_blocks(current, 2) and not current.is_contiguous()
+    assert not _kernel.dense_blocks(current.transpose(0, 1), 2)
+    for inplace in (False, True):
+        z = current.clone(memory_format=torch.preserve_format)
+        v = torch.zeros_like(z[0])
+        spikes = z if inplace else _kernel.steps_like(v, len(z))
+        counts = _kernel.if_recurrence(
+            z, v, mode=reset, threshold=0.75, v_min=v_min, saturate=None, spikes=spikes, membranes=None
+        )
+        v_ref = torch.zeros(4, 5, 3, 3)
+        for k in range(len(current)):
+            s_ref, v_ref = if_step(current[k].contiguous(), v_ref, params)
+            assert torch.equal(spikes[k], s_ref) and torch.equal(counts[k], s_ref.flatten(1).sum(1, dtype=torch.float64))
+        assert torch.equal(v, v_ref)
+    with pytest.raises(ValueError, match="layout"):
+        _kernel.if_recurrence(
+            current, torch.zeros(4, 5, 3, 3), mode=reset, threshold=0.75, v_min=v_min, saturate=None,
+            spikes=torch.empty_like(current), membranes=None,
+        )  # fmt: skip

@@ -11,7 +11,7 @@ operations are those of :func:`spikeconv.neurons.if_step` in the same order and 
 step-by-step reference (tested). ctypes releases the GIL, so the batch is split over
 ``torch.get_num_threads()`` Python threads.
 
-Used for contiguous float32/float64 CPU tensors; anything else (CUDA, other dtypes), a
+Used for float32/float64 CPU tensors dense per image (contiguous or channels-last); anything else (CUDA, other dtypes), a
 missing compiler, or ``SPIKECONV_KERNEL=0`` in the environment falls back to the tensor loop
 in :mod:`spikeconv.simulate`. ``available()`` says which path is taken.
 """
@@ -41,44 +41,79 @@ MODES = {"zero": 0, "subtract": 1, "integrate": 2}
 _SOURCE = r"""
 #include <stdint.h>
 
+/* One step of one image's n neurons. The flags are compile-time constants at every call
+   below, so the compiler emits one branch-free, vectorized loop per combination; the
+   spike count is an integer so that its sum vectorizes too. In place (spikes over the
+   current) goes through its own pointer, as restrict pointers must not alias. */
+#define IF_BLOCK(NAME, T)                                                                    \
+static inline __attribute__((always_inline)) int32_t NAME(                                  \
+        const T *restrict z, T *restrict s, T *restrict zs, T *restrict v, T *restrict m,  \
+        int64_t n, const int inplace, const int mode, const int has_vmin, const int sat,   \
+        const int has_m, T threshold, T vmin, T low, T high) {                              \
+    int32_t total = 0;                                                                      \
+    for (int64_t i = 0; i < n; ++i) {                                                       \
+        T u = v[i] + (inplace ? zs[i] : z[i]);                                              \
+        T fired = 0;                                                                        \
+        if (mode != 2) {                                                                    \
+            fired = u >= threshold ? (T)1 : (T)0;                                           \
+            total += u >= threshold;                                                        \
+            if (mode == 0) u = u >= threshold ? (T)0 : u;                                   \
+            else u = u - fired * threshold;                                                 \
+            if (has_vmin) u = u < vmin ? vmin : u;                                          \
+        }                                                                                   \
+        if (sat) { u = u < low ? low : u; u = u > high ? high : u; }                        \
+        v[i] = u;                                                                           \
+        if (inplace) zs[i] = fired; else s[i] = fired;                                      \
+        if (has_m) m[i] = u;                                                                \
+    }                                                                                       \
+    return total;                                                                           \
+}
+
 /* z: current, element (k, b, i) at z[k * z_step + b * n + i] (z_step = 0: the same current
-   every step). spikes: [steps, batch, n] out (may alias z when z_step = batch * n).
+   every step). spikes: [steps, batch, n] out (may be z itself when z_step = batch * n).
    membranes: [steps, batch, n] out or NULL. v: [batch, n] in/out. counts: [steps, batch]
-   out, spikes of each image in each step. Images b0 .. b1 - 1. */
-#define IF_KERNEL(NAME, T)                                                                   \
+   out, spikes of each image in each step. Images b0 .. b1 - 1. mode: 0 reset to zero,
+   1 reset by subtraction, 2 integrate only. */
+#define IF_KERNEL(NAME, BLOCK, T)                                                            \
 void NAME(const T *z, int64_t z_step, T *spikes, T *membranes, T *v, double *counts,        \
           int64_t steps, int64_t batch, int64_t n, int64_t b0, int64_t b1, int mode,        \
           T threshold, int has_vmin, T vmin, int saturate, T low, T high) {                 \
+    const int inplace = (const void *)z == (const void *)spikes;                            \
+    const int fast = !membranes && !saturate && mode != 2;                                  \
     for (int64_t b = b0; b < b1; ++b) {                                                     \
         T *vb = v + b * n;                                                                  \
         for (int64_t k = 0; k < steps; ++k) {                                               \
             const T *zk = z + k * z_step + b * n;                                           \
             T *sk = spikes + (k * batch + b) * n;                                           \
             T *mk = membranes ? membranes + (k * batch + b) * n : 0;                        \
-            T total = 0;                                                                    \
-            for (int64_t i = 0; i < n; ++i) {                                               \
-                T u = vb[i] + zk[i];                                                        \
-                T s = 0;                                                                    \
-                if (mode != 2) {                                                            \
-                    s = u >= threshold ? (T)1 : (T)0;                                       \
-                    if (mode == 0) u = s != 0 ? (T)0 : u;                                   \
-                    else u = u - s * threshold;                                             \
-                    if (has_vmin) u = u < vmin ? vmin : u;                                  \
-                }                                                                           \
-                if (saturate) { u = u < low ? low : u; u = u > high ? high : u; }           \
-                vb[i] = u;                                                                  \
-                sk[i] = s;                                                                  \
-                if (mk) mk[i] = u;                                                          \
-                total += s;                                                                 \
-            }                                                                               \
+            int32_t total;                                                                  \
+            if (fast && inplace)                                                            \
+                total = mode == 0                                                           \
+                    ? (has_vmin ? BLOCK(0, 0, sk, vb, 0, n, 1, 0, 1, 0, 0, threshold, vmin, 0, 0)      \
+                                : BLOCK(0, 0, sk, vb, 0, n, 1, 0, 0, 0, 0, threshold, vmin, 0, 0))     \
+                    : (has_vmin ? BLOCK(0, 0, sk, vb, 0, n, 1, 1, 1, 0, 0, threshold, vmin, 0, 0)      \
+                                : BLOCK(0, 0, sk, vb, 0, n, 1, 1, 0, 0, 0, threshold, vmin, 0, 0));    \
+            else if (fast)                                                                  \
+                total = mode == 0                                                           \
+                    ? (has_vmin ? BLOCK(zk, sk, 0, vb, 0, n, 0, 0, 1, 0, 0, threshold, vmin, 0, 0)     \
+                                : BLOCK(zk, sk, 0, vb, 0, n, 0, 0, 0, 0, 0, threshold, vmin, 0, 0))    \
+                    : (has_vmin ? BLOCK(zk, sk, 0, vb, 0, n, 0, 1, 1, 0, 0, threshold, vmin, 0, 0)     \
+                                : BLOCK(zk, sk, 0, vb, 0, n, 0, 1, 0, 0, 0, threshold, vmin, 0, 0));   \
+            else if (inplace) /* output layers and fixed point: one general loop */          \
+                total = BLOCK(0, 0, sk, vb, mk, n, 1, mode, has_vmin, saturate, mk != 0,    \
+                              threshold, vmin, low, high);                                  \
+            else                                                                            \
+                total = BLOCK(zk, sk, 0, vb, mk, n, 0, mode, has_vmin, saturate, mk != 0,   \
+                              threshold, vmin, low, high);                                  \
             counts[k * batch + b] = (double)total;                                          \
         }                                                                                   \
     }                                                                                       \
 }
-IF_KERNEL(if_recurrence_f32, float)
-IF_KERNEL(if_recurrence_f64, double)
+IF_BLOCK(if_block_f32, float)
+IF_BLOCK(if_block_f64, double)
+IF_KERNEL(if_recurrence_f32, if_block_f32, float)
+IF_KERNEL(if_recurrence_f64, if_block_f64, double)
 """
-# total is exact: a float32 holds every integer count up to 2^24 neurons per image.
 
 _FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC"]
 _lock = threading.Lock()
@@ -158,6 +193,27 @@ def supports(current: Tensor) -> bool:
     return current.device.type == "cpu" and current.dtype in (torch.float32, torch.float64) and _load() is not None
 
 
+def dense_blocks(t: Tensor, lead: int) -> bool:
+    """Whether ``t`` is a row-major sequence over its first ``lead`` dimensions of dense
+    blocks (the remaining dimensions, in any memory order, e.g. channels-last), so that
+    image ``b`` of step ``k`` is the flat range ``[(k * B + b) * n, (k * B + b + 1) * n)``."""
+    expected = 1
+    for size, stride in sorted(zip(t.shape[lead:], t.stride()[lead:]), key=lambda p: p[1]):
+        if size != 1 and stride != expected:
+            return False
+        expected *= size
+    for d in reversed(range(lead)):
+        if t.shape[d] != 1 and t.stride(d) != expected:
+            return False
+        expected *= t.shape[d]
+    return True
+
+
+def steps_like(v: Tensor, steps: int) -> Tensor:
+    """An empty ``[steps, *v.shape]`` tensor whose every step has ``v``'s layout."""
+    return torch.empty_strided((steps, *v.shape), (v.numel(), *v.stride()), dtype=v.dtype, device=v.device)
+
+
 def _executor(threads: int) -> ThreadPoolExecutor:
     global _pool
     if _pool is None or _pool._max_workers < threads:  # noqa: SLF001
@@ -176,25 +232,24 @@ def if_recurrence(
     spikes: Tensor,
     membranes: Tensor | None,
 ) -> Tensor:
-    """Run the recurrence over ``current`` ``[steps, B, ...]`` (contiguous, or a step-broadcast
-    view of one contiguous ``[B, ...]``), updating ``v`` ``[B, ...]`` in place, writing
+    """Run the recurrence over ``current`` ``[steps, B, ...]`` (dense per image in any
+    layout, or a step-broadcast view of one such ``[B, ...]``), updating ``v`` ``[B, ...]`` in place, writing
     ``spikes`` (may be ``current`` itself) and ``membranes``. Returns the spikes of each
     image in each step, ``[steps, B]`` float64."""
     library = _load()
     assert library is not None
     steps, batch = current.shape[0], current.shape[1]
     n = v[0].numel() if batch else 0
-    if current.stride(0) == 0:
-        z_step = 0
-        if not current[0].is_contiguous():
-            raise ValueError("current must be contiguous")
-    else:
-        if not current.is_contiguous():
-            raise ValueError("current must be contiguous")
-        z_step = batch * n
-    for t in (v, spikes) + ((membranes,) if membranes is not None else ()):
-        if not t.is_contiguous() or t.dtype != current.dtype:
-            raise ValueError("state and outputs must be contiguous and of the current's dtype")
+    broadcast = current.stride(0) == 0
+    if not dense_blocks(current[0] if broadcast else current, 1 if broadcast else 2):
+        raise ValueError("current must be dense per image (contiguous or channels-last)")
+    z_step = 0 if broadcast else batch * n
+    block = v.stride()[1:]
+    for t, lead in ((v, 1), (spikes, 2), (current, 2)) + (((membranes, 2),) if membranes is not None else ()):
+        if t is not current and (not dense_blocks(t, lead) or t.dtype != current.dtype):
+            raise ValueError("state and outputs must be dense per image and of the current's dtype")
+        if t.stride()[lead:] != block:
+            raise ValueError("current, state and outputs must share one layout per image")
     counts = torch.empty(steps, batch, dtype=torch.float64)
     fn = library.if_recurrence_f32 if current.dtype == torch.float32 else library.if_recurrence_f64
     low, high = saturate if saturate is not None else (0.0, 0.0)
