@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import spikeconv
 from spikeconv.data import load_digits
 from spikeconv.training import TrainOptions, load_model, train
 
@@ -51,3 +52,26 @@ def test_checkpoint_of_other_options_is_not_silently_resumed(tmp_path):
 def test_wrong_dataset_shape_for_the_model():
     with pytest.raises(ValueError, match=r"expects inputs \(1, 28, 28\)"):
         train("yang-mnist", load_digits("train"), None, TrainOptions(epochs=1), "unused.pt", progress=False)
+
+
+def test_save_model_round_trips_through_load_model(tmp_path):
+    import json
+
+    from spikeconv.models import build_model
+    from spikeconv.training import load_model, save_model
+
+    torch.manual_seed(0)
+    model = build_model("digits").eval()
+    save_model(tmp_path / "m.pt", "digits", model)
+    loaded, record = load_model(tmp_path / "m.pt")
+    assert record["arch"] == "digits"
+    x = torch.rand(3, 1, 8, 8)
+    assert torch.equal(loaded(x), model(x))
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="bad.pt"):
+        load_model(tmp_path / "bad.pt")
+    snn = spikeconv.convert(loaded, x, rule="maxnorm")
+    summary = snn.describe()
+    json.dumps(summary)  # JSON-ready
+    assert [s["name"] for s in summary["stages"]] == [s.name for s in snn.spiking_stages]
+    assert summary["mapping"]["rule"] == "maxnorm" and summary["calibration_images"] == 3

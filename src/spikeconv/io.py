@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -54,4 +55,10 @@ def load_torch(path: str | Path, what: str) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} file {path} does not exist")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as error:  # torch reports a bad file in these
+        raise ValueError(
+            f"{what} file {path} cannot be read ({type(error).__name__}: {str(error)[:200]}): "
+            "it is truncated or not a file spikeconv wrote"
+        ) from error
