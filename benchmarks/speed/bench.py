@@ -7,6 +7,12 @@ Run in the benchmark environment made by ``setup.sh``, holding the CPU lock:
 
 Writes ``benchmarks/speed/results.json``, ``docs/speed.md`` and ``docs/speed_*.png``.
 
+Networks: the trained Yang MNIST net (MNIST test images), a seeded random VGG-style net
+(random images) and, when CIFAR-10 (JPEG) is in the data root, Rueckauer's CIFAR-10 net
+(trained by ``benchmarks/cifar_rueckauer.py`` if its checkpoint exists, else seeded random;
+BatchNorm folded) with average instead of max pooling, as the peers have no rate-gated
+spiking max-pool.
+
 What every contender simulates (max-norm with percentile 100, reset by subtraction,
 threshold 1, analog input = the image as a constant current every step, IF neurons after
 every ReLU and on the output layer, at most one spike per step):
@@ -51,7 +57,8 @@ import torch
 from torch import Tensor, nn
 
 import spikeconv
-from spikeconv.data import load_mnist
+from spikeconv.data import load_dataset, load_mnist
+from spikeconv.models import build_model
 from spikeconv.training import load_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,10 +90,32 @@ def load_networks(data_root: Path, checkpoint: Path) -> dict[str, tuple[nn.Modul
     vgg = vgg_small().eval()
     generator = torch.Generator().manual_seed(1)
     vgg_images = _grid(torch.rand(2000, 3, 32, 32, generator=generator), 8)
-    return {
+    networks = {
         "yang-mnist": (mnist_model, to_float(train.images[:5000]), to_float(test.images[:1000])),
         "vgg-small": (vgg, vgg_images[:1000], vgg_images[1000:]),
     }
+    cifar = data_root / "cifar10-jpeg"
+    if cifar.is_dir():
+        # a speed benchmark: calibrate on 1,000 test images, simulate 1,000 others (no
+        # accuracy is reported, and loading the 50,000 training JPEGs would take minutes)
+        cifar_images = to_float(load_dataset("cifar10", "test", data_root).subset(2000, seed=0).images)
+        model = rueckauer_avgpool(checkpoint.parent / "rueckauer-cifar10.pt")
+        networks["rueckauer-cifar10"] = (model, cifar_images[:1000], cifar_images[1000:])
+    return networks
+
+
+def rueckauer_avgpool(checkpoint: Path) -> nn.Module:
+    """Rueckauer's CIFAR-10 net (trained by benchmarks/cifar_rueckauer.py when its checkpoint
+    exists, else seeded random weights) with BatchNorm, and with its max-pools replaced by
+    average pools and its softmax dropped: the peers have no rate-gated spiking max-pool
+    (Rueckauer Sec. 3.6) to compare against, so all tools get the same linear pooling."""
+    if checkpoint.is_file():
+        model, _ = load_model(checkpoint)
+    else:
+        torch.manual_seed(0)
+        model = build_model("rueckauer-cifar10").eval()
+    layers = [nn.AvgPool2d(m.kernel_size, m.stride) if isinstance(m, nn.MaxPool2d) else m for m in model]
+    return nn.Sequential(*[m for m in layers if not isinstance(m, nn.Softmax)]).eval()
 
 
 def convert_spikeconv(ann: nn.Module, calibration: Tensor) -> spikeconv.SpikingNetwork:
@@ -304,8 +333,9 @@ def main() -> None:
     sizes = {  # (T, batch)
         "yang-mnist": [(100, 100), (300, 100), (1000, 100), (100, 300), (100, 1000), (1000, 1000)],
         "vgg-small": [(100, 100), (1000, 100), (100, 1000)],
+        "rueckauer-cifar10": [(100, 100), (300, 100), (100, 300)],
     }
-    peer_budget = {"yang-mnist": args.peer_budget, "vgg-small": args.peer_budget / 3}
+    peer_budget = {"yang-mnist": args.peer_budget, "vgg-small": args.peer_budget / 3, "rueckauer-cifar10": args.peer_budget / 3}
     if args.quick:
         sizes = {name: [(10, 20), (20, 20)] for name in sizes}
     results: dict[str, object] = {
