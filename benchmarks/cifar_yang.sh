@@ -15,7 +15,8 @@ lock spikeconv train --model yang-cifar10 --data-root "$DATA" --epochs 40 --batc
     --crop 24 --flip --out "$MODEL" --threads 2 --quiet
 run() { lock spikeconv experiment "$@" --model "$MODEL" --data-root "$DATA" --out-dir "$OUT" --threads 2 --quiet; }
 run stats --calibration-size 50000
-# Test subsets sized so that the five experiments take about half an hour on two cores.
+# Test subsets sized so that the five experiments take about an hour on two cores (the
+# padded net costs about 19M multiply-adds per image and step).
 run sweep-n --calibration-size 50000 --test-size 1000 -T 400 --coding poisson
 run fixed-point --calibration-size 50000 --test-size 1000 -T 300 --coding poisson
 run spikes --calibration-size 50000 --test-size 1000 -T 400 --coding poisson

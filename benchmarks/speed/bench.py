@@ -325,11 +325,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "speed" / "results.json")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script")
+    parser.add_argument("--networks", default=None, help="comma-separated subset of the networks (default: all)")
     args = parser.parse_args()
     if not args.data_root.exists():
         args.data_root = Path("/work/shared/datasets")
     torch.set_num_threads(THREADS)
     networks = load_networks(args.data_root, args.checkpoint)
+    if args.networks:
+        unknown = set(args.networks.split(",")) - set(networks)
+        if unknown:
+            parser.error(f"--networks: unknown {sorted(unknown)}; choose from {sorted(networks)}")
+        networks = {k: v for k, v in networks.items() if k in args.networks.split(",")}
     sizes = {  # (T, batch)
         "yang-mnist": [(100, 100), (300, 100), (1000, 100), (100, 300), (100, 1000), (1000, 1000)],
         "vgg-small": [(100, 100), (1000, 100), (100, 1000)],

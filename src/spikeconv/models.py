@@ -45,13 +45,17 @@ def yang_svhn() -> nn.Sequential:
 
 def yang_cifar10() -> nn.Sequential:
     """Yang Table 2, CIFAR-10 (24x24 RGB crops): conv5-64, avg-pool/2, conv5-64, avg-pool/2,
-    conv3-64, conv1-64, FC-10."""
+    conv3-64, conv1-64, FC-10. Table 2 gives no padding; Yang takes the net of their
+    ref. [28] (Hunsberger & Eliasmith 2015, after cuda-convnet's CIFAR-10 nets), whose
+    convolutions keep the map size, so: 24 -> 12 -> 6 -> 6 -> 6 -> FC over 64x6x6. Without
+    padding the last map is 1x1 and the ANN stops near 65 % (measured), far from the
+    paper's 80.81 %."""
     return nn.Sequential(
-        _conv(3, 64, 5), nn.ReLU(), nn.AvgPool2d(2),
-        _conv(64, 64, 5), nn.ReLU(), nn.AvgPool2d(2),
-        _conv(64, 64, 3), nn.ReLU(),
+        _conv(3, 64, 5, padding=2), nn.ReLU(), nn.AvgPool2d(2),
+        _conv(64, 64, 5, padding=2), nn.ReLU(), nn.AvgPool2d(2),
+        _conv(64, 64, 3, padding=1), nn.ReLU(),
         _conv(64, 64, 1), nn.ReLU(),
-        nn.Flatten(), nn.Dropout(0.5), nn.Linear(64, 10, bias=False),
+        nn.Flatten(), nn.Dropout(0.5), nn.Linear(64 * 6 * 6, 10, bias=False),
     )  # fmt: skip
 
 
