@@ -346,7 +346,9 @@ def main() -> None:
         sizes = {name: [(10, 20), (20, 20)] for name in sizes}
     results: dict[str, object] = {
         "command": "flock /tmp/spikeconv-cpu.lock benchmarks/speed/.venv/bin/python benchmarks/speed/bench.py"
-        + (" --quick" if args.quick else ""),
+        + (" --quick" if args.quick else "")
+        + (f" --peer-budget {args.peer_budget:g}" if args.peer_budget != 3e4 else "")
+        + (f" --networks {args.networks}" if args.networks else ""),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "torch_threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
