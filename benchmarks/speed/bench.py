@@ -168,6 +168,14 @@ def run_plain_loop(ann: nn.Sequential) -> Runner:
     return run
 
 
+def _count_over_steps(snn: nn.Module, x: Tensor, T: int) -> Tensor:
+    """Output spike counts of a stateful step-by-step SNN fed ``x`` for ``T`` steps."""
+    counts = snn(x)
+    for _ in range(T - 1):
+        counts = counts + snn(x)
+    return counts
+
+
 def run_spikingjelly(ann: nn.Sequential, calibration: Tensor) -> Runner:
     from spikingjelly.activation_based import functional, neuron
     from spikingjelly.activation_based.ann2snn import Converter
@@ -189,9 +197,7 @@ def run_spikingjelly(ann: nn.Sequential, calibration: Tensor) -> Runner:
     @torch.inference_mode()
     def run(x: Tensor, T: int) -> Tensor:
         functional.reset_net(snn)
-        counts = snn(x)
-        for _ in range(T - 1):
-            counts = counts + snn(x)
+        counts = _count_over_steps(snn, x, T)
         functional.reset_net(snn)
         return counts
 
@@ -246,10 +252,7 @@ def run_snntorch(ann: nn.Sequential) -> Runner:
     @torch.inference_mode()
     def run(x: Tensor, T: int) -> Tensor:
         utils.reset(snn)
-        counts = snn(x)
-        for _ in range(T - 1):
-            counts = counts + snn(x)
-        return counts
+        return _count_over_steps(snn, x, T)
 
     run.note = "nn.Sequential with snntorch.Leaky(beta=1, reset_mechanism='subtract', spike_grad=x>=0) after each ReLU and at the output (snnTorch has no converter)"  # type: ignore[attr-defined]
     return run

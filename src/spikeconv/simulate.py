@@ -201,22 +201,21 @@ def simulate(
             x = x.to(device=device, dtype=snn.dtype)
             if numels is None:
                 numels = [int(a[0].numel()) for a in snn.analog_forward(x[:1])]
-            if method == "fast":
-                step_bytes = (int(x[0].numel()) + 2 * sum(numels)) * x.element_size()  # per image
-                random_draws = coding == "poisson" or snn.readout == "softmax"
-                for xs, ys in _sub_batches(x, y, step_bytes, SUB_BATCH_FACTOR * memory_bytes, random_draws):
-                    chunk = _chunk_steps(T, len(xs), step_bytes // x.element_size(), x.element_size(), memory_bytes)
-                    records.append(_run_fast(
-                        snn, xs, ys, T, coding, (generator, softmax_generator), chunk, fixed, record_counts, record_trains
-                    ))  # fmt: skip
-                    if ys is not None:
-                        labels.append(ys.cpu())
-            else:
-                records.append(_run_reference(
-                    snn, x, y, T, coding, (generator, softmax_generator), fixed, record_counts, record_trains
-                ))  # fmt: skip
-                if y is not None:
-                    labels.append(y.cpu())
+            generators = (generator, softmax_generator)
+            step_bytes = (int(x[0].numel()) + 2 * sum(numels)) * x.element_size()  # per image
+            random_draws = coding == "poisson" or snn.readout == "softmax"
+            pieces = [(x, y)] if method == "reference" else _sub_batches(
+                x, y, step_bytes, SUB_BATCH_FACTOR * memory_bytes, random_draws
+            )  # fmt: skip
+            for xs, ys in pieces:
+                if method == "fast":
+                    chunk = _chunk_steps(T, len(xs), step_bytes, memory_bytes)
+                    record = _run_fast(snn, xs, ys, T, coding, generators, chunk, fixed, record_counts, record_trains)
+                else:
+                    record = _run_reference(snn, xs, ys, T, coding, generators, fixed, record_counts, record_trains)
+                records.append(record)
+                if ys is not None:
+                    labels.append(ys.cpu())
             bar.update(len(x))
     bar.close()
     if not records:
@@ -270,9 +269,9 @@ def _sub_batches(
     return [(x[i : i + size], None if y is None else y[i : i + size]) for i in range(0, len(x), size)]
 
 
-def _chunk_steps(T: int, batch: int, numel_per_step: int, element_size: int, memory_bytes: int) -> int:
-    per_step = max(1, batch * numel_per_step * element_size)
-    return max(1, min(T, memory_bytes // per_step))
+def _chunk_steps(T: int, batch: int, step_bytes: int, memory_bytes: int) -> int:
+    """Steps per time chunk: as many as fit in ``memory_bytes`` at ``step_bytes`` per image-step."""
+    return max(1, min(T, memory_bytes // max(1, batch * step_bytes)))
 
 
 @dataclass
