@@ -223,3 +223,24 @@ def test_fused_kernel_in_channels_last_layout_steps_like_if_step(reset, v_min):
             current, torch.zeros(4, 5, 3, 3), mode=reset, threshold=0.75, v_min=v_min, saturate=None,
             spikes=torch.empty_like(current), membranes=None,
         )  # fmt: skip
+
+
+def test_layouts_compare_without_size_one_dimensions():
+    """A 1-channel (or 1x1) map is NCHW and channels-last at once: its size-1 strides are
+    arbitrary and must not make the kernel refuse it; a real permutation still differs."""
+    from spikeconv import _kernel
+
+    if not _kernel.available():
+        pytest.skip("no C compiler")
+    last = torch.channels_last
+    one = torch.rand(6, 4, 1, 3, 3)  # [steps, B, 1, H, W], plain layout
+    assert _kernel.same_layout(torch.zeros(4, 1, 3, 3).contiguous(memory_format=last), 1, one, 2)
+    one_by_one = torch.zeros(8, 7, 1, 1).contiguous(memory_format=last).unflatten(0, (2, 4))
+    assert _kernel.same_layout(torch.zeros(4, 7, 1, 1), 1, one_by_one, 2)
+    assert not _kernel.same_layout(torch.zeros(4, 5, 3, 3), 1, torch.zeros(4, 5, 3, 3).contiguous(memory_format=last), 1)
+    assert not _kernel.same_layout(torch.zeros(4, 5, 3, 3), 1, torch.zeros(2, 4, 5, 3, 2), 2)  # shapes differ
+    v = torch.zeros(4, 1, 3, 3).contiguous(memory_format=last)
+    counts = _kernel.if_recurrence(
+        one, v, mode="subtract", threshold=0.5, v_min=None, saturate=None, spikes=one.clone(), membranes=None
+    )
+    assert counts.shape == (6, 4)

@@ -80,28 +80,30 @@ def _grid(x: Tensor, bits: int) -> Tensor:
     return torch.round(x * 2**bits) / 2**bits
 
 
-def load_networks(data_root: Path, checkpoint: Path) -> dict[str, tuple[nn.Module, Tensor, Tensor]]:
-    """name -> (ANN, calibration images, test images), images on a 2^-8 grid."""
-    mnist_model, _ = load_model(checkpoint)
-    train = load_mnist(data_root, "train")
-    test = load_mnist(data_root, "test")
+NETWORKS = ("yang-mnist", "vgg-small", "rueckauer-cifar10")
+
+
+def load_network(name: str, data_root: Path, checkpoint: Path) -> tuple[nn.Module, Tensor, Tensor] | None:
+    """(ANN, calibration images, test images) of one network, images on a 2^-8 grid; None for
+    the CIFAR-10 net when the dataset is absent. Only the named network's data is read."""
     to_float = lambda images: _grid(images.float() / 255, 8)  # noqa: E731
-    torch.manual_seed(0)
-    vgg = vgg_small().eval()
-    generator = torch.Generator().manual_seed(1)
-    vgg_images = _grid(torch.rand(2000, 3, 32, 32, generator=generator), 8)
-    networks = {
-        "yang-mnist": (mnist_model, to_float(train.images[:5000]), to_float(test.images[:1000])),
-        "vgg-small": (vgg, vgg_images[:1000], vgg_images[1000:]),
-    }
-    cifar = data_root / "cifar10-jpeg"
-    if cifar.is_dir():
+    if name == "yang-mnist":
+        model, _ = load_model(checkpoint)
+        train, test = load_mnist(data_root, "train"), load_mnist(data_root, "test")
+        return model, to_float(train.images[:5000]), to_float(test.images[:1000])
+    if name == "vgg-small":
+        torch.manual_seed(0)
+        generator = torch.Generator().manual_seed(1)
+        images = _grid(torch.rand(2000, 3, 32, 32, generator=generator), 8)
+        return vgg_small().eval(), images[:1000], images[1000:]
+    if name == "rueckauer-cifar10":
+        if not (data_root / "cifar10-jpeg").is_dir():
+            return None
         # a speed benchmark: calibrate on 1,000 test images, simulate 1,000 others (no
         # accuracy is reported, and loading the 50,000 training JPEGs would take minutes)
-        cifar_images = to_float(load_dataset("cifar10", "test", data_root).subset(2000, seed=0).images)
-        model = rueckauer_avgpool(checkpoint.parent / "rueckauer-cifar10.pt")
-        networks["rueckauer-cifar10"] = (model, cifar_images[:1000], cifar_images[1000:])
-    return networks
+        images = to_float(load_dataset("cifar10", "test", data_root).subset(2000, seed=0).images)
+        return rueckauer_avgpool(checkpoint.parent / "rueckauer-cifar10.pt"), images[:1000], images[1000:]
+    raise ValueError(f"unknown network {name!r}; choose from {NETWORKS}")
 
 
 def rueckauer_avgpool(checkpoint: Path) -> nn.Module:
@@ -330,15 +332,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script")
     parser.add_argument("--networks", default=None, help="comma-separated subset of the networks (default: all)")
     args = parser.parse_args()
-    if not args.data_root.exists():
-        args.data_root = Path("/work/shared/datasets")
+    names = args.networks.split(",") if args.networks else list(NETWORKS)
+    if unknown := set(names) - set(NETWORKS):
+        parser.error(f"--networks: unknown {sorted(unknown)}; choose from {list(NETWORKS)}")
     torch.set_num_threads(THREADS)
-    networks = load_networks(args.data_root, args.checkpoint)
-    if args.networks:
-        unknown = set(args.networks.split(",")) - set(networks)
-        if unknown:
-            parser.error(f"--networks: unknown {sorted(unknown)}; choose from {sorted(networks)}")
-        networks = {k: v for k, v in networks.items() if k in args.networks.split(",")}
+    loaded = {name: load_network(name, args.data_root, args.checkpoint) for name in names}
+    networks = {name: net for name, net in loaded.items() if net is not None}
+    for name in set(loaded) - set(networks):
+        print(f"skipping {name}: no cifar10-jpeg/ under --data-root {args.data_root}", file=sys.stderr)
     sizes = {  # (T, batch)
         "yang-mnist": [(100, 100), (300, 100), (1000, 100), (100, 300), (100, 1000), (1000, 1000)],
         "vgg-small": [(100, 100), (1000, 100), (100, 1000)],

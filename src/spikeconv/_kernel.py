@@ -209,6 +209,16 @@ def dense_blocks(t: Tensor, lead: int) -> bool:
     return True
 
 
+def same_layout(a: Tensor, a_lead: int, b: Tensor, b_lead: int) -> bool:
+    """Whether two per-image-dense tensors order their per-image elements the same way in
+    memory. Size-1 dimensions are ignored: their strides are arbitrary (a 1-channel image
+    is both NCHW and channels-last)."""
+    if a.shape[a_lead:] != b.shape[b_lead:]:
+        return False
+    dims = [(sa, sb) for n, sa, sb in zip(a.shape[a_lead:], a.stride()[a_lead:], b.stride()[b_lead:]) if n != 1]
+    return sorted(range(len(dims)), key=lambda i: dims[i][0]) == sorted(range(len(dims)), key=lambda i: dims[i][1])
+
+
 def steps_like(v: Tensor, steps: int) -> Tensor:
     """An empty ``[steps, *v.shape]`` tensor whose every step has ``v``'s layout."""
     return torch.empty_strided((steps, *v.shape), (v.numel(), *v.stride()), dtype=v.dtype, device=v.device)
@@ -244,11 +254,10 @@ def if_recurrence(
     if not dense_blocks(current[0] if broadcast else current, 1 if broadcast else 2):
         raise ValueError("current must be dense per image (contiguous or channels-last)")
     z_step = 0 if broadcast else batch * n
-    block = v.stride()[1:]
-    for t, lead in ((v, 1), (spikes, 2), (current, 2)) + (((membranes, 2),) if membranes is not None else ()):
-        if t is not current and (not dense_blocks(t, lead) or t.dtype != current.dtype):
+    for t, lead in ((v, 1), (spikes, 2)) + (((membranes, 2),) if membranes is not None else ()):
+        if not dense_blocks(t, lead) or t.dtype != current.dtype:
             raise ValueError("state and outputs must be dense per image and of the current's dtype")
-        if t.stride()[lead:] != block:
+        if not same_layout(t, lead, current, 2):
             raise ValueError("current, state and outputs must share one layout per image")
     counts = torch.empty(steps, batch, dtype=torch.float64)
     fn = library.if_recurrence_f32 if current.dtype == torch.float32 else library.if_recurrence_f64

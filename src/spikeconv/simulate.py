@@ -505,9 +505,8 @@ def _recurrence(
             current = current.contiguous()
         if v is None:
             v = torch.zeros_like(current[0])  # the current's layout (channels-last or not)
-        if v.stride()[1:] != current.stride()[2:] or not _kernel.dense_blocks(v, 1):
-            v, current = v.contiguous(), current.contiguous()  # layouts differ: rare, make both plain
-            broadcast = False
+        if not _kernel.dense_blocks(v, 1) or not _kernel.same_layout(v, 1, current, 2):
+            v = torch.empty_like(current[0]).copy_(v)  # rare: give the state the current's layout
         spikes = _kernel.steps_like(v, len(current)) if broadcast else current
         membranes = _kernel.steps_like(v, len(current)) if stage.is_output else None
         counts = _kernel.if_recurrence(
