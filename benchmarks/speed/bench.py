@@ -46,7 +46,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -58,6 +60,7 @@ from torch import Tensor, nn
 
 import spikeconv
 from spikeconv.data import load_dataset, load_mnist
+from spikeconv.io import write_json, write_text
 from spikeconv.models import build_model
 from spikeconv.training import load_model
 
@@ -310,14 +313,63 @@ class PeakRSS:
         self.peak_mib = (self._high - self._base) / 1024
 
 
-def measure(run: Runner, x: Tensor, T: int) -> tuple[float, float, Tensor]:
-    """Wall time (s), peak resident memory above the start (MiB), output counts."""
+def measure(run: Runner, x: Tensor, T: int) -> tuple[float, Tensor]:
+    """Wall time (s) and output counts."""
+    gc.collect()
+    started = time.perf_counter()
+    out = run(x, T)
+    return time.perf_counter() - started, out
+
+
+def peak_memory(run: Runner, x: Tensor, T: int) -> float:
+    """Peak resident memory (MiB) above the start of one run (meaningful only in a process
+    run by :func:`memory_in_fresh_process`)."""
     gc.collect()
     with PeakRSS() as memory:
-        started = time.perf_counter()
-        out = run(x, T)
-        elapsed = time.perf_counter() - started
-    return elapsed, memory.peak_mib, out
+        run(x, T)
+    return memory.peak_mib
+
+
+CONTENDERS = ("spikeconv", "plain loop", "SpikingJelly", "sinabs", "snnTorch", "ANN limit")
+
+
+def build_contenders(
+    ann: nn.Module, calibration: Tensor, input_shape: tuple[int, ...], keys: tuple[str, ...] = CONTENDERS
+) -> dict[str, Runner]:
+    """Every contender (or those in ``keys``), converted from the same spikeconv max-norm."""
+    snn = convert_spikeconv(ann, calibration)
+    norm = normalized_ann(snn)
+    makers: dict[str, Callable[[], Runner]] = {
+        "spikeconv": lambda: run_spikeconv(snn),
+        "plain loop": lambda: run_plain_loop(norm),
+        "SpikingJelly": lambda: run_spikingjelly(norm, calibration),
+        "sinabs": lambda: run_sinabs(norm, input_shape),
+        "snnTorch": lambda: run_snntorch(norm),
+        "ANN limit": lambda: run_ann_limit(ann),
+    }
+    return {key: makers[key]() for key in keys}
+
+
+def memory_in_fresh_process(networks_file: Path, name: str, key: str, T: int, batch: int) -> float:
+    """Peak memory (MiB) of one run of one contender, in a new Python process whose glibc
+    maps every allocation above 128 KiB fresh and unmaps it when freed, so that resident
+    memory tracks the live tensors. In the timing process, memory freed by earlier runs
+    (and by loading and converting) is reused unseen and peaks read about 0 MiB; fresh
+    mappings cannot be used there either, as their page faults halve spikeconv's speed."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
+    command = [sys.executable, __file__, "--memory-of", str(networks_file), name, key, str(T), str(batch)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"memory run of {key} on {name} (T={T}, batch={batch}) failed:\n{done.stderr[-2000:]}")
+    return float(done.stdout.split()[-1])
+
+
+def memory_child(networks_file: Path, name: str, key: str, T: int, batch: int) -> None:
+    torch.set_num_threads(THREADS)
+    ann, calibration, images = torch.load(networks_file, weights_only=False)[name]
+    run = build_contenders(ann, calibration, tuple(images.shape[1:]), keys=(key,))[key]
+    run(images[:batch], 2)  # warm-up: one-time costs (library loads, oneDNN primitives) are no run's
+    print(peak_memory(run, images[:batch], T))
 
 
 def main() -> None:
@@ -331,7 +383,12 @@ def main() -> None:
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script")
     parser.add_argument("--networks", default=None, help="comma-separated subset of the networks (default: all)")
+    parser.add_argument("--memory-of", nargs=5, metavar=("NETWORKS_FILE", "NAME", "CONTENDER", "T", "BATCH"),
+                        help="internal: print the peak memory of one run (see memory_in_fresh_process)")
     args = parser.parse_args()
+    if args.memory_of:
+        file, name, key, T, batch = args.memory_of
+        return memory_child(Path(file), name, key, int(T), int(batch))
     names = args.networks.split(",") if args.networks else list(NETWORKS)
     if unknown := set(names) - set(NETWORKS):
         parser.error(f"--networks: unknown {sorted(unknown)}; choose from {list(NETWORKS)}")
@@ -365,17 +422,8 @@ def main() -> None:
         "networks": {},
     }
     for name, (ann, calibration, images) in networks.items():
-        snn = convert_spikeconv(ann, calibration)
-        norm = normalized_ann(snn)
+        contenders = build_contenders(ann, calibration, tuple(images.shape[1:]))
         input_shape = tuple(images.shape[1:])
-        contenders: dict[str, Runner] = {
-            "spikeconv": run_spikeconv(snn),
-            "plain loop": run_plain_loop(norm),
-            "SpikingJelly": run_spikingjelly(norm, calibration),
-            "sinabs": run_sinabs(norm, input_shape),
-            "snnTorch": run_snntorch(norm),
-            "ANN limit": run_ann_limit(ann),
-        }
         notes = {k: getattr(r, "note", "") for k, r in contenders.items()}
         net_result: dict[str, object] = {"input_shape": list(input_shape), "notes": notes, "sizes": []}
         results["networks"][name] = net_result  # type: ignore[index]
@@ -383,14 +431,12 @@ def main() -> None:
             x = images[:batch]
             active = [k for k in contenders if k in ("spikeconv", "ANN limit") or T * batch <= peer_budget[name]]
             times: dict[str, list[float]] = {k: [] for k in active}
-            peaks: dict[str, float] = {}
             outputs: dict[str, Tensor] = {}
             repeats = args.repeats if T * batch <= 2e5 else max(2, args.repeats - 1)
             for _ in range(repeats):  # interleaved: every contender once per round
                 for key in active:
-                    elapsed, peak, out = measure(contenders[key], x, T)
+                    elapsed, out = measure(contenders[key], x, T)
                     times[key].append(elapsed)
-                    peaks[key] = max(peaks.get(key, 0.0), peak)
                     outputs[key] = out
                     print(f"{name} T={T} B={batch} {key}: {elapsed:.2f} s", flush=True)
             reference = outputs["spikeconv"]
@@ -399,7 +445,7 @@ def main() -> None:
                 best = min(times[key])
                 row = {
                     "best_s": best, "times_s": times[key], "median_s": statistics.median(times[key]),
-                    "image_steps_per_s": T * batch / best, "peak_rss_mib": peaks[key],
+                    "image_steps_per_s": T * batch / best,
                 }  # fmt: skip
                 if key != "ANN limit":
                     differ = (outputs[key].reshape(batch, -1) != reference).any(1)
@@ -412,8 +458,18 @@ def main() -> None:
             rows["spikeconv"]["over_limit"] = ours / rows["ANN limit"]["best_s"]
             net_result["sizes"].append({"T": T, "batch": batch, "skipped": [k for k in contenders if k not in active],
                                         "load_average": os.getloadavg()[0], "results": rows})  # fmt: skip
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(results, indent=1) + "\n")
+            write_json(args.out, results)
+    # Peak memory: one more run of each contender and size, each in a fresh process (see
+    # memory_in_fresh_process for why not in this one).
+    with tempfile.TemporaryDirectory() as scratch:
+        networks_file = Path(scratch) / "networks.pt"
+        torch.save(networks, networks_file)
+        for name, net_result in results["networks"].items():  # type: ignore[attr-defined]
+            for size in net_result["sizes"]:
+                for key, row in size["results"].items():
+                    row["peak_rss_mib"] = memory_in_fresh_process(networks_file, name, key, size["T"], size["batch"])
+                    print(f"{name} T={size['T']} B={size['batch']} {key}: peak {row['peak_rss_mib']:.0f} MiB", flush=True)
+            write_json(args.out, results)
     write_docs(results, args.docs, args.out)
 
 
@@ -434,21 +490,22 @@ def write_docs(results: dict, docs: Path, out: Path) -> None:
         + f"; fused IF kernel: {'on' if results['kernel'] else 'off'}. Best of {results['repeats']} interleaved runs "
         "(2 at T x batch > 2e5); the step-by-step peers only where T x batch <= the peer budget (they take minutes beyond it on this shared 2-core machine). Throughput in image-steps per second; 'x' columns: how many times "
         "longer the contender took than spikeconv; 'limit': spikeconv's time over T ANN forward "
-        "passes done as batched calls (at most 10,000 images per call). Peak memory is the largest rise of "
-        "the process's resident set during the run (sampled every millisecond). 'same' = output spike counts identical to "
+        "passes done as batched calls (at most 10,000 images per call). Peak memory: the largest rise of "
+        "the process's resident set (sampled every millisecond) during one more, untimed run after all timings, with "
+        "glibc mapping every allocation above 128 KiB fresh so that memory freed by an earlier run cannot hide it. 'same' = output spike counts identical to "
         "spikeconv's on every image.",
         "",
     ]
     for name, net in results["networks"].items():
         lines += [f"## {name} (input {'x'.join(map(str, net['input_shape']))})", ""]
         peers = [k for k in ("plain loop", "SpikingJelly", "sinabs", "snnTorch")]
-        header = "| T | batch | spikeconv img·steps/s | limit | peak MiB |"
+        header = "| T | batch | spikeconv img·steps/s | limit |"
         header += "".join(f" {p} img·steps/s | x | same |" for p in peers)
         lines += [header, "|" + "---|" * (header.count("|") - 1)]
         for size in net["sizes"]:
             r = size["results"]
             ours = r["spikeconv"]
-            row = f"| {size['T']} | {size['batch']} | {ours['image_steps_per_s']:,.0f} | {ours['over_limit']:.2f} | {ours['peak_rss_mib']:.0f} |"
+            row = f"| {size['T']} | {size['batch']} | {ours['image_steps_per_s']:,.0f} | {ours['over_limit']:.2f} |"
             for p in peers:
                 if p in r:
                     same = "yes" if r[p]["identical"] else f"no ({r[p]['images_with_different_counts']})"
@@ -456,6 +513,13 @@ def write_docs(results: dict, docs: Path, out: Path) -> None:
                 else:
                     row += " not run | | |"
             lines.append(row)
+        contenders = ("spikeconv", *peers, "ANN limit")
+        lines += ["", "Peak memory (MiB above the process's resting level):", ""]
+        lines += ["| T | batch | " + " | ".join(contenders) + " |", "|" + "---|" * (len(contenders) + 2)]
+        for size in net["sizes"]:
+            r = size["results"]
+            cells = [f"{r[k]['peak_rss_mib']:.0f}" if k in r and "peak_rss_mib" in r[k] else "not run" for k in contenders]
+            lines.append(f"| {size['T']} | {size['batch']} | " + " | ".join(cells) + " |")
         lines += ["", "How each peer was configured:", ""]
         lines += [f"- {k}: {v}" for k, v in net["notes"].items() if v]
         lines.append("")
@@ -480,7 +544,10 @@ def write_docs(results: dict, docs: Path, out: Path) -> None:
             fig.savefig(png, dpi=110)
             plt.close(fig)
             lines += [f"![{name}: throughput against {axis}]({png.name})", ""]
-    (docs / "speed.md").write_text("\n".join(lines) + "\n")
+    notes = Path(__file__).with_name("notes.md")  # what a human read into this run, kept across reruns
+    if notes.is_file():
+        lines += ["", notes.read_text().rstrip()]
+    write_text(docs / "speed.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
