@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
 import statistics
@@ -422,8 +421,8 @@ def main() -> None:
         "networks": {},
     }
     for name, (ann, calibration, images) in networks.items():
-        contenders = build_contenders(ann, calibration, tuple(images.shape[1:]))
         input_shape = tuple(images.shape[1:])
+        contenders = build_contenders(ann, calibration, input_shape)
         notes = {k: getattr(r, "note", "") for k, r in contenders.items()}
         net_result: dict[str, object] = {"input_shape": list(input_shape), "notes": notes, "sizes": []}
         results["networks"][name] = net_result  # type: ignore[index]
@@ -491,8 +490,8 @@ def write_docs(results: dict, docs: Path, out: Path) -> None:
         "(2 at T x batch > 2e5); the step-by-step peers only where T x batch <= the peer budget (they take minutes beyond it on this shared 2-core machine). Throughput in image-steps per second; 'x' columns: how many times "
         "longer the contender took than spikeconv; 'limit': spikeconv's time over T ANN forward "
         "passes done as batched calls (at most 10,000 images per call). Peak memory: the largest rise of "
-        "the process's resident set (sampled every millisecond) during one more, untimed run after all timings, with "
-        "glibc mapping every allocation above 128 KiB fresh so that memory freed by an earlier run cannot hide it. 'same' = output spike counts identical to "
+        "the resident set (sampled every millisecond) during one more, untimed run after all timings, each in a fresh "
+        "process whose glibc maps every allocation above 128 KiB fresh, so that memory freed earlier cannot hide it. 'same' = output spike counts identical to "
         "spikeconv's on every image.",
         "",
     ]
