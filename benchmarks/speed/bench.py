@@ -29,7 +29,9 @@ every ReLU and on the output layer, at most one spike per step):
   on a 2^-16 grid and the positive membrane stays far below 2^8). Tools that add in another order (snnTorch
   subtracts the reset one step late: (V + z) - s*tau instead of (V - s*tau) + z) or
   convolve in other batch shapes then still give identical spikes, so the check below can
-  demand equality.
+  demand equality. The same exactness lets spikeconv compute the convolutions over sparse
+  spikes event by event (``spikeconv.events``); "spikeconv dense" is the same simulation
+  with ``event_driven=False``, the speed a network with unrounded float weights gets.
 * Conventions matched explicitly: snnTorch fires when U > U_thr (spikeconv, SpikingJelly and
   sinabs: >=), so its neurons get a >= step function; sinabs' default ``MultiSpike`` emits
   several spikes per step and clamps the membrane at -1, so it gets ``SingleSpike`` and
@@ -141,9 +143,10 @@ def normalized_ann(snn: spikeconv.SpikingNetwork) -> nn.Sequential:
 
 
 # ----------------------------------------------------------------------------- contenders
-def run_spikeconv(snn: spikeconv.SpikingNetwork) -> Runner:
+def run_spikeconv(snn: spikeconv.SpikingNetwork, event_driven: bool = True) -> Runner:
     def run(x: Tensor, T: int) -> Tensor:
-        return spikeconv.simulate(snn, x, T=T, coding="constant", batch_size=len(x)).output_counts
+        result = spikeconv.simulate(snn, x, T=T, coding="constant", batch_size=len(x), event_driven=event_driven)
+        return result.output_counts
 
     return run
 
@@ -329,7 +332,8 @@ def peak_memory(run: Runner, x: Tensor, T: int) -> float:
     return memory.peak_mib
 
 
-CONTENDERS = ("spikeconv", "plain loop", "SpikingJelly", "sinabs", "snnTorch", "ANN limit")
+CONTENDERS = ("spikeconv", "spikeconv dense", "plain loop", "SpikingJelly", "sinabs", "snnTorch", "ANN limit")
+ALWAYS_RUN = ("spikeconv", "spikeconv dense", "ANN limit")  # at every size; the peers within the budget
 
 
 def build_contenders(
@@ -340,6 +344,7 @@ def build_contenders(
     norm = normalized_ann(snn)
     makers: dict[str, Callable[[], Runner]] = {
         "spikeconv": lambda: run_spikeconv(snn),
+        "spikeconv dense": lambda: run_spikeconv(snn, event_driven=False),
         "plain loop": lambda: run_plain_loop(norm),
         "SpikingJelly": lambda: run_spikingjelly(norm, calibration),
         "sinabs": lambda: run_sinabs(norm, input_shape),
@@ -382,6 +387,8 @@ def main() -> None:
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script")
     parser.add_argument("--networks", default=None, help="comma-separated subset of the networks (default: all)")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="skip the peak-memory runs (about half the time; the tables then say 'not run')")
     parser.add_argument("--memory-of", nargs=5, metavar=("NETWORKS_FILE", "NAME", "CONTENDER", "T", "BATCH"),
                         help="internal: print the peak memory of one run (see memory_in_fresh_process)")
     args = parser.parse_args()
@@ -408,7 +415,8 @@ def main() -> None:
         "command": "flock /tmp/spikeconv-cpu.lock benchmarks/speed/.venv/bin/python benchmarks/speed/bench.py"
         + (" --quick" if args.quick else "")
         + (f" --peer-budget {args.peer_budget:g}" if args.peer_budget != 3e4 else "")
-        + (f" --networks {args.networks}" if args.networks else ""),
+        + (f" --networks {args.networks}" if args.networks else "")
+        + (" --no-memory" if args.no_memory else ""),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "torch_threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
@@ -428,7 +436,7 @@ def main() -> None:
         results["networks"][name] = net_result  # type: ignore[index]
         for T, batch in sizes[name]:
             x = images[:batch]
-            active = [k for k in contenders if k in ("spikeconv", "ANN limit") or T * batch <= peer_budget[name]]
+            active = [k for k in contenders if k in ALWAYS_RUN or T * batch <= peer_budget[name]]
             times: dict[str, list[float]] = {k: [] for k in active}
             outputs: dict[str, Tensor] = {}
             repeats = args.repeats if T * batch <= 2e5 else max(2, args.repeats - 1)
@@ -458,18 +466,23 @@ def main() -> None:
             net_result["sizes"].append({"T": T, "batch": batch, "skipped": [k for k in contenders if k not in active],
                                         "load_average": os.getloadavg()[0], "results": rows})  # fmt: skip
             write_json(args.out, results)
-    # Peak memory: one more run of each contender and size, each in a fresh process (see
-    # memory_in_fresh_process for why not in this one).
+    if not args.no_memory:
+        measure_memory(results, networks, args.out)
+    write_docs(results, args.docs, args.out)
+
+
+def measure_memory(results: dict, networks: dict, out: Path) -> None:
+    """Peak memory: one more run of each contender and size, each in a fresh process (see
+    memory_in_fresh_process for why not in this one); added to ``results`` and saved."""
     with tempfile.TemporaryDirectory() as scratch:
         networks_file = Path(scratch) / "networks.pt"
         torch.save(networks, networks_file)
-        for name, net_result in results["networks"].items():  # type: ignore[attr-defined]
+        for name, net_result in results["networks"].items():
             for size in net_result["sizes"]:
                 for key, row in size["results"].items():
                     row["peak_rss_mib"] = memory_in_fresh_process(networks_file, name, key, size["T"], size["batch"])
                     print(f"{name} T={size['T']} B={size['batch']} {key}: peak {row['peak_rss_mib']:.0f} MiB", flush=True)
-            write_json(args.out, results)
-    write_docs(results, args.docs, args.out)
+                write_json(out, results)
 
 
 # ----------------------------------------------------------------------------- report
@@ -497,7 +510,7 @@ def write_docs(results: dict, docs: Path, out: Path) -> None:
     ]
     for name, net in results["networks"].items():
         lines += [f"## {name} (input {'x'.join(map(str, net['input_shape']))})", ""]
-        peers = [k for k in ("plain loop", "SpikingJelly", "sinabs", "snnTorch")]
+        peers = [k for k in ("spikeconv dense", "plain loop", "SpikingJelly", "sinabs", "snnTorch")]
         header = "| T | batch | spikeconv img·steps/s | limit |"
         header += "".join(f" {p} img·steps/s | x | same |" for p in peers)
         lines += [header, "|" + "---|" * (header.count("|") - 1)]
@@ -527,7 +540,7 @@ def write_docs(results: dict, docs: Path, out: Path) -> None:
             if len(points) < 2:
                 continue
             fig, ax = plt.subplots(figsize=(5.5, 3.8))
-            for key in ("spikeconv", "plain loop", "SpikingJelly", "sinabs", "snnTorch", "ANN limit"):
+            for key in CONTENDERS:
                 xs = [s[axis] for s in points if key in s["results"]]
                 ys = [s["results"][key]["image_steps_per_s"] for s in points if key in s["results"]]
                 if xs:

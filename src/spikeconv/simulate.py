@@ -8,7 +8,9 @@ Two simulators share the neuron step (:func:`spikeconv.neurons.if_step`) and the
   t; then the next stage. With constant (analog) input the first stage's current is
   computed once. Chunks bound the memory for any T x batch. Float32 convolutions on the
   CPU run in channels-last layout (1.3-2x faster in oneDNN than NCHW on our nets, same
-  sums); the IF kernel works in whatever layout the current comes in.
+  sums); the IF kernel works in whatever layout the current comes in. Convolutions over
+  sparse spikes run event-driven where that gives exactly the dense sums
+  (:mod:`spikeconv.events`).
 * ``method="reference"`` steps the whole network one time step at a time (the textbook
   loop). It is the oracle the fast path is tested against: both give identical spikes.
 """
@@ -27,6 +29,7 @@ from tqdm import tqdm
 
 from . import _kernel
 from .encoders import CODINGS, encode
+from .events import EventSynapse, event_synapses
 from .fixedpoint import FixedPoint, quantize_network
 from .inputs import iter_batches
 from .neurons import if_step, maxpool_gate, softmax_spikes
@@ -153,6 +156,7 @@ def simulate(
     record_trains: bool = False,
     fixed_point_bits: int | None = None,
     integer_bits: int | None = None,
+    event_driven: bool = True,
 ) -> SimulationResult:
     """Simulate ``snn`` on ``data`` for ``T`` steps.
 
@@ -169,7 +173,11 @@ def simulate(
     ``fixed_point_bits``: simulate with weights, currents and membrane potentials as signed
     fixed-point numbers of this total width (``None``: float). The integer bits are
     ``integer_bits`` or, by default, the rule's N from V_min (Yang Sec. 3.4); see
-    :mod:`spikeconv.fixedpoint`."""
+    :mod:`spikeconv.fixedpoint`.
+
+    ``event_driven``: let the fast path compute convolutions over sparse spikes event by
+    event where that gives exactly the dense sums (weights on a power-of-two grid, as in
+    fixed point; see :mod:`spikeconv.events`). The results are the same either way."""
     if not isinstance(T, int) or isinstance(T, bool) or T <= 0:
         raise ValueError(f"T (number of time steps) must be a positive integer, got {T!r}")
     if coding not in CODINGS:
@@ -196,11 +204,15 @@ def simulate(
     batches = iter_batches(data, batch_size=batch_size, input_shape=snn.input_shape)
     total = len(data) if hasattr(data, "__len__") and not isinstance(data, tuple) else None
     bar = tqdm(total=total, unit="img", desc=f"simulate T={T}", disable=not progress)
+    events: dict[int, EventSynapse] | None = None
     with torch.inference_mode():
         for x, y in batches:
             x = x.to(device=device, dtype=snn.dtype)
             if numels is None:
-                numels = [int(a[0].numel()) for a in snn.analog_forward(x[:1])]
+                shapes = [tuple(a.shape[1:]) for a in snn.analog_forward(x[:1])]
+                numels = [math.prod(shape) for shape in shapes]
+                use_events = event_driven and method == "fast"
+                events = event_synapses(stages, shapes, snn.dtype, device) if use_events else {}
             generators = (generator, softmax_generator)
             step_bytes = (int(x[0].numel()) + 2 * sum(numels)) * x.element_size()  # per image
             random_draws = coding == "poisson" or snn.readout == "softmax"
@@ -210,7 +222,9 @@ def simulate(
             for xs, ys in pieces:
                 if method == "fast":
                     chunk = _chunk_steps(T, len(xs), step_bytes, memory_bytes)
-                    record = _run_fast(snn, xs, ys, T, coding, generators, chunk, fixed, record_counts, record_trains)
+                    record = _run_fast(
+                        snn, xs, ys, T, coding, generators, chunk, fixed, record_counts, record_trains, events=events
+                    )
                 else:
                     record = _run_reference(snn, xs, ys, T, coding, generators, fixed, record_counts, record_trains)
                 records.append(record)
@@ -327,7 +341,12 @@ def _run_fast(
     record_counts: bool,
     record_trains: bool,
     use_kernel: bool = True,
+    events: dict[int, EventSynapse] | None = None,
 ) -> _BatchRecord:
+    """The time-batched simulation of one batch. ``events``: the stages whose synapse may run
+    event-driven (:mod:`spikeconv.events`), chosen per chunk by their input's spike rate."""
+    events = events or {}
+    event_sources = {stage.source_indices(j)[0] for j, stage in enumerate(snn.spiking_stages) if j in events}
     stages = snn.spiking_stages
     batch = len(x)
     state: list[Tensor | None] = [None] * len(stages)
@@ -346,6 +365,7 @@ def _run_fast(
         if not constant:
             acc.add_input(layer_input)
         outputs: list[Tensor] = []
+        totals: dict[int, float] = {}  # spikes in this chunk of the stages that event synapses read
         for index, stage in enumerate(stages):
             inputs = [layer_input if s < 0 else outputs[s] for s in stage.source_indices(index)]
             counts: Tensor | None = None
@@ -359,7 +379,12 @@ def _run_fast(
                     # to a new tensor instead of over the shared constant current
                     current = c.as_strided((steps, *c.shape), (0, *c.stride()))
                 else:
-                    current = stage.synapse(*(layout[index](i.flatten(0, 1)) for i in inputs))
+                    flat = [layout[index](i.flatten(0, 1)) for i in inputs]
+                    event = events.get(index)
+                    if event is not None and event.preferred(flat[0], totals[stage.source_indices(index)[0]]):
+                        current = event(flat[0])  # exactly the dense current, sooner on sparse spikes
+                    else:
+                        current = stage.synapse(*flat)
                     current = current.unflatten(0, (steps, batch))
                     if any(_shares_memory(current, i) for i in inputs):  # an identity synapse: the kernel
                         current = current.clone()  # writes spikes into `current`, which must not be an input
@@ -370,6 +395,8 @@ def _run_fast(
                 readout.update(spikes, membranes)
             acc.add_layer(index, spikes, start, counts)
             outputs.append(spikes)
+            if index in event_sources:
+                totals[index] = float(counts.sum() if counts is not None else spikes.sum())
     return acc.finish(readout)
 
 

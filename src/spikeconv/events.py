@@ -1,0 +1,199 @@
+"""Event-driven synapses: a convolution over binary spikes computed as the sum of the weights
+of the neurons that fired, instead of a dense multiply over every input.
+
+At the firing rates of converted nets (4-5 % on the Yang MNIST net) this does several times
+fewer additions than the dense convolution, but it sums in a different order, and float
+sums depend on their order. So the simulator uses it only where the order cannot matter:
+where every weight and bias is a multiple of one power of two 2^-q and no partial sum can
+exceed 2^24 * 2^-q (float32's 24-bit significand), every partial sum in any order is exact,
+and the event-driven current equals the dense one bit for bit. That holds for fixed-point
+networks (``simulate(..., fixed_point_bits=...)``) and any net whose weights sit on a
+power-of-two grid; networks with unrounded float weights keep the dense convolution.
+
+It pays only when the input is sparse and the layer is wide. Per input element, with fan
+the outputs one (pooled) input feeds (KH * KW for a stride-1 convolution, 1 for a linear
+layer), the dense way does fan * C_out / pool^2 multiply-adds; the event way scans the
+element and, per spike, adds fan * C_out / 16 vectors of 16 weights. A chunk of steps goes
+the event way when a cost model of the two, fitted to timings on this machine's two cores
+(benchmarks/speed/event_costs.py), predicts it at least :data:`MIN_SPEEDUP` times faster at
+the input's measured spike rate. With 16 output channels events lost at every measured
+rate, so those layers stay dense. Linear layers (after an optional pool and flatten) run
+as a convolution whose kernel covers the whole input map. Both ways give the same current,
+so the choice changes only the speed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from . import _kernel
+from .graph import Flatten
+from .network import SpikingStage
+
+__all__ = ["EventSynapse", "event_synapses", "exact_sums", "predicted_speedup"]
+
+# Cost model, per input element, in units of one 16-float vector addition of the event path,
+# fitted to 70 timings of 14 layer shapes at rates 2.5-30 % (benchmarks/speed/event_costs.py)
+_SCAN_COST = 4.64  # listing the element's spike
+_MAC_COST = 0.0411  # one multiply-add of the dense convolution (oneDNN, near peak)
+_LINEAR_MAC_COST = 0.0599  # one multiply-add of a dense linear layer
+_POOL_COST = 0.944  # the dense way's avg_pool2d pass
+# Events when the model predicts at least this speedup. On the 70 timings it picked 44, all
+# >= 1.27x faster in truth, none slower; it missed 3 where events won by > 1.25x (pooled
+# convolutions, which it underrates).
+MIN_SPEEDUP = 1.1
+_SIGNIFICAND_BITS = {torch.float32: 24, torch.float64: 53}
+
+
+@dataclass(frozen=True)
+class EventSynapse:
+    """A stage's synapse in the event kernel's form: ``[AvgPool2d(k)] -> Conv2d``, or
+    ``[AvgPool2d(k)] -> [Flatten] -> Linear`` as a convolution whose kernel covers the
+    whole (pooled) input map."""
+
+    weight: Tensor  # [KH, KW, C_in, C_out], divided by pool ** 2
+    bias: Tensor | None
+    pool: int  # 1: no pooling
+    stride: int
+    padding: int
+    linear: bool  # input [N, C] or [N, C, H, W], output [N, C_out]
+
+    def __call__(self, spikes: Tensor) -> Tensor:
+        """``spikes`` (0/1) -> the synaptic current, exactly the dense synapse's."""
+        n = spikes.shape[0]
+        if spikes.dim() == 2:  # a linear layer after a linear layer: [N, C] is [N, C, 1, 1]
+            spikes = spikes.view(n, -1, 1, 1)
+        spikes = spikes.contiguous(memory_format=torch.channels_last)
+        current = _kernel.event_conv(
+            spikes, self.weight, self.bias, pool=self.pool, stride=self.stride, padding=self.padding
+        )
+        return current.view(n, -1) if self.linear else current
+
+    def preferred(self, spikes: Tensor, total: float) -> bool:
+        """Whether events should beat the dense synapse on ``spikes`` (``[N, C, H, W]`` or
+        ``[N, C]``), which hold ``total`` spikes (and the kernel's int32 spike lists can
+        index them)."""
+        c, h, w = (*spikes.shape[1:], 1, 1)[:3]
+        kh, kw, _, c_out = self.weight.shape
+        ph, pw = h // self.pool, w // self.pool
+        oh, ow = (ph + 2 * self.padding - kh) // self.stride + 1, (pw + 2 * self.padding - kw) // self.stride + 1
+        fan = oh * ow * kh * kw / max(1, ph * pw)  # outputs each pooled input feeds (kernel taps)
+        rate = total / max(1, spikes.numel())
+        fits = pw * c * c_out < 2**31
+        return fits and predicted_speedup(rate, fan, c_out, self.pool, self.linear) >= MIN_SPEEDUP
+
+
+def predicted_speedup(rate: float, fan: float, c_out: int, pool: int, linear: bool = False) -> float:
+    """Dense time over event time per input element, from the fitted cost model. ``fan``:
+    how many output positions one (pooled) input feeds, KH * KW for a stride-1 convolution
+    and 1 for a linear layer."""
+    mac = _LINEAR_MAC_COST if linear else _MAC_COST
+    dense = fan * c_out / pool**2 * mac + (_POOL_COST if pool > 1 else 0.0)
+    return dense / (_SCAN_COST + rate * fan * c_out / 16)
+
+
+def grid_bits(t: Tensor, limit: int = 64) -> int | None:
+    """The smallest q with every element of ``t`` a multiple of 2^-q (``None``: none below
+    ``limit``)."""
+    values = t.detach().double()  # exact for float32 values
+    for q in range(limit):
+        scaled = values * 2.0**q
+        if torch.equal(scaled, scaled.round()):
+            return q
+    return None
+
+
+def exact_sums(weight: Tensor, bias: Tensor | None, pool: int, dtype: torch.dtype) -> bool:
+    """Whether every partial sum of ``conv2d(avg_pool2d(spikes, pool), weight, bias)`` over
+    0/1 spikes is exact in ``dtype``, whatever the order: the pooled inputs are multiples
+    of 1/pool^2 in [0, 1] (pool^2 a power of two), so every product is a multiple of
+    2^-(q_w + log2 pool^2), and no partial sum exceeds |bias| + sum |w| of an output."""
+    if pool < 1 or pool & (pool - 1):  # pool^2 must be a power of two for the exact 1/pool^2
+        return False
+    q_w = grid_bits(weight)
+    q_b = 0 if bias is None else grid_bits(bias)
+    if q_w is None or q_b is None:
+        return False
+    q = max(q_w + 2 * (pool.bit_length() - 1), q_b)
+    per_output = weight.detach().double().abs().flatten(1).sum(1)
+    if bias is not None:
+        per_output = per_output + bias.detach().double().abs()
+    return float(per_output.max()) * 2.0**q < 2.0 ** _SIGNIFICAND_BITS[dtype]
+
+
+def event_synapses(
+    stages: list[SpikingStage], shapes: list[tuple[int, ...]], dtype: torch.dtype, device: torch.device
+) -> dict[int, EventSynapse]:
+    """The stages whose synapse can run event by event with exactly the dense result:
+    ``[AvgPool2d(k, stride k)] -> Conv2d`` (groups 1, dilation 1, zero padding) or
+    ``[AvgPool2d(k, stride k)] -> [Flatten] -> Linear``, with C_out a multiple of 16 and at
+    least 32, reading one spiking stage, with exact sums (:func:`exact_sums`); float32 on
+    the CPU with the compiled kernel. ``shapes``: each stage's output shape per image.
+    ``{stage index: synapse}``."""
+    if dtype != torch.float32 or device.type != "cpu" or not _kernel.available():
+        return {}
+    found = {}
+    for j, stage in enumerate(stages):
+        sources = stage.source_indices(j)
+        if stage.gate is not None or len(sources) != 1 or sources[0] < 0 or not isinstance(stage.synapse, nn.Sequential):
+            continue
+        modules = list(stage.synapse)
+        pool = _square_avg_pool(modules[0]) if len(modules) > 1 else 0
+        if pool:
+            modules = modules[1:]
+        if len(modules) == 2 and _flattens_all_but_batch(modules[0]):
+            modules = modules[1:]
+        if len(modules) != 1:
+            continue
+        synapse = _event_form(modules[0], shapes[sources[0]], max(pool, 1), dtype)
+        if synapse is not None:
+            found[j] = synapse
+    return found
+
+
+def _event_form(layer: nn.Module, shape: tuple[int, ...], pool: int, dtype: torch.dtype) -> EventSynapse | None:
+    """``layer`` (after a pool of ``pool``, on inputs of ``shape``) in the event kernel's
+    form, or ``None`` where the kernel cannot run it exactly."""
+    if isinstance(layer, nn.Conv2d):
+        c_out = layer.out_channels
+        square = layer.stride[0] == layer.stride[1] and isinstance(layer.padding, tuple) and layer.padding[0] == layer.padding[1]
+        plain = layer.groups == 1 and layer.dilation == (1, 1) and layer.padding_mode == "zeros"
+        if not (square and plain) or len(shape) != 3:
+            return None
+        weight = layer.weight.detach().permute(2, 3, 1, 0)
+        stride, padding, linear = int(layer.stride[0]), int(layer.padding[0]), False  # type: ignore[index]
+    elif isinstance(layer, nn.Linear):
+        c_out = layer.out_features
+        c, h, w = (*shape, 1, 1)[:3]
+        if len(shape) not in (1, 3) or (len(shape) == 1 and pool > 1) or c * (h // pool) * (w // pool) != layer.in_features:
+            return None
+        # flatten order is (c, h, w) whatever the memory layout: a kernel over the whole map
+        weight = layer.weight.detach().view(c_out, c, h // pool, w // pool).permute(2, 3, 1, 0)
+        stride, padding, linear = 1, 0, True
+    else:
+        return None
+    if c_out % 16 or c_out < 32 or not exact_sums(layer.weight, layer.bias, pool, dtype):
+        return None
+    bias = None if layer.bias is None else layer.bias.detach().contiguous()
+    return EventSynapse((weight / pool**2).contiguous(), bias, pool, stride, padding, linear)
+
+
+def _flattens_all_but_batch(module: nn.Module) -> bool:
+    if isinstance(module, nn.Flatten):
+        return (module.start_dim, module.end_dim) == (1, -1)
+    return isinstance(module, Flatten)  # what tracing makes of x.flatten(1) and x.view(x.size(0), -1)
+
+
+def _square_avg_pool(module: nn.Module) -> int:
+    """k for an ``AvgPool2d`` with a k x k kernel, stride k and no padding, ceil mode or
+    divisor override; 0 for anything else."""
+    if not isinstance(module, nn.AvgPool2d) or module.ceil_mode or module.divisor_override is not None:
+        return 0
+    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+    kernel, stride, padding = pair(module.kernel_size), pair(module.stride), pair(module.padding)
+    if kernel[0] != kernel[1] or stride != kernel or padding != (0, 0):
+        return 0
+    return int(kernel[0])

@@ -1,0 +1,150 @@
+"""Event-driven synapses: bit for bit the dense convolution wherever the simulator uses them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import random_images
+from torch import nn
+
+import spikeconv
+from spikeconv import _kernel, events
+from spikeconv.events import event_synapses, exact_sums, grid_bits, predicted_speedup
+
+pytestmark = pytest.mark.skipif(not _kernel.available(), reason="no C compiler")
+
+
+def _on_grid(t: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    return torch.round(t * 2**bits) / 2**bits
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_event_conv_equals_pool_then_dense_conv_bit_for_bit(seed):
+    """Random geometries (odd sizes, strides, padding, pools of 1, 2 and 4, with and without
+    bias) and spike rates, weights on a 2^-8 grid so that every sum is exact."""
+    gen = torch.Generator().manual_seed(seed)
+    pick = lambda options: options[int(torch.randint(len(options), (1,), generator=gen))]  # noqa: E731
+    c_in, c_out, kernel = pick([1, 3, 12, 20]), pick([32, 48, 64, 128]), pick([1, 3, 5])
+    pool, stride, padding = pick([1, 2, 4]), pick([1, 2]), pick([0, 1, 2])
+    size = kernel + pick([0, 3, 6]) - 2 * padding if pool == 1 else pool * (kernel + pick([0, 2, 5])) + pick([0, 1])
+    size = max(size, pool * max(1, kernel - 2 * padding))
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=bool(seed % 2))
+    with torch.no_grad():
+        for p in conv.parameters():
+            p.copy_(_on_grid(p))
+    rate = pick([0.02, 0.1, 0.5])
+    spikes = (torch.rand(7, c_in, size, size, generator=gen) < rate).float().contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        dense = conv(nn.functional.avg_pool2d(spikes, pool) if pool > 1 else spikes)
+        weight = (conv.weight / pool**2).permute(2, 3, 1, 0).contiguous()
+        event = _kernel.event_conv(spikes, weight, conv.bias, pool=pool, stride=stride, padding=padding)
+    assert event.shape == dense.shape and event.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(event, dense)
+
+
+def test_exact_sums_needs_a_power_of_two_grid_and_headroom():
+    torch.manual_seed(0)
+    weight = torch.randn(32, 8, 3, 3)
+    assert grid_bits(torch.tensor([0.5, 0.25, 3.0])) == 2 and grid_bits(torch.tensor([1.0, -2.0])) == 0
+    assert exact_sums(_on_grid(weight), _on_grid(torch.randn(32)), 2, torch.float32)
+    assert not exact_sums(weight, None, 1, torch.float32)  # unrounded float weights
+    assert not exact_sums(_on_grid(weight), None, 3, torch.float32)  # 1/9 is not exact
+    fine = _on_grid(weight, 20) * 64  # |w| sums ~2^10 on a 2^-20 grid: 2^30 > 2^24
+    assert not exact_sums(fine, None, 1, torch.float32) and exact_sums(fine.double(), None, 1, torch.float64)
+
+
+def test_cost_model_prefers_events_only_for_sparse_input():
+    assert predicted_speedup(0.05, 25, 64, 2) > events.MIN_SPEEDUP  # the Yang net's conv2 at its rate
+    assert predicted_speedup(0.5, 25, 64, 2) < 1
+    rates = [0.01, 0.05, 0.1, 0.3, 1.0]
+    speedups = [predicted_speedup(r, 9, 64, 1) for r in rates]
+    assert speedups == sorted(speedups, reverse=True)
+
+
+def _grid_net() -> spikeconv.SpikingNetwork:
+    """A converted net whose synapses the event kernel can run (pool + conv, conv, pool +
+    flatten + linear, linear after linear), its weights and biases on a 2^-8 grid."""
+    torch.manual_seed(2)
+    model = nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(32, 48, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Flatten(), nn.Linear(48 * 2 * 2, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 5),
+    ).float().eval()  # fmt: skip
+    snn = spikeconv.convert(model, random_images(64, dtype=torch.float32), rule="maxnorm", reset="subtract")
+    with torch.no_grad():
+        for p in snn.parameters():
+            p.copy_(_on_grid(p))
+    return snn
+
+
+def _planned(snn: spikeconv.SpikingNetwork) -> dict[int, events.EventSynapse]:
+    shapes = [tuple(a.shape[1:]) for a in snn.analog_forward(random_images(1, dtype=torch.float32))]
+    return event_synapses(snn.spiking_stages, shapes, torch.float32, torch.device("cpu"))
+
+
+def _spy(monkeypatch) -> list[int]:
+    calls: list[int] = []  # output channels of each call
+    original = _kernel.event_conv
+
+    def counted(*args, **kwargs):
+        calls.append(int(args[1].shape[3]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_kernel, "event_conv", counted)
+    return calls
+
+
+@pytest.mark.parametrize("coding", ["constant", "poisson"])
+def test_simulation_with_event_synapses_equals_the_reference(monkeypatch, coding):
+    snn = _grid_net()
+    planned = _planned(snn)
+    assert sorted(planned) == [1, 2, 3, 4] and [planned[i].linear for i in (2, 3, 4)] == [False, True, True]
+    monkeypatch.setattr(events, "MIN_SPEEDUP", 0.0)  # events at any rate
+    calls = _spy(monkeypatch)
+    images, labels = random_images(20, seed=4, dtype=torch.float32), torch.arange(20) % 5
+    kwargs = dict(T=40, coding=coding, seed=1, batch_size=8, record_trains=True)
+    fast = spikeconv.simulate(snn, (images, labels), **kwargs)
+    assert set(calls) == {32, 48}, "the event path did not run for every planned synapse"
+    dense = spikeconv.simulate(snn, (images, labels), event_driven=False, **kwargs)
+    reference = spikeconv.simulate(snn, (images, labels), method="reference", **kwargs)
+    for other in (dense, reference):
+        for name in fast.spike_trains:
+            assert torch.equal(fast.spike_trains[name], other.spike_trains[name]), name
+        assert torch.equal(fast.output_counts, other.output_counts)
+        assert torch.equal(fast.correct_per_step, other.correct_per_step)
+    assert all(v > 0 for v in fast.spikes_per_layer.values())
+
+
+def test_fixed_point_networks_take_the_event_path_and_unrounded_ones_do_not(monkeypatch):
+    """Fixed point puts every weight on a power-of-two grid: sums are exact, events allowed."""
+    torch.manual_seed(2)
+    model = nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(32 * 8 * 8, 5),
+    ).float().eval()  # fmt: skip
+    snn = spikeconv.convert(model, random_images(64, dtype=torch.float32), rule="maxnorm", reset="zero")
+    assert _planned(snn) == {}
+    monkeypatch.setattr(events, "MIN_SPEEDUP", 0.0)
+    calls = _spy(monkeypatch)
+    images = random_images(10, seed=6, dtype=torch.float32)
+    kwargs = dict(T=30, coding="constant", fixed_point_bits=16, record_trains=True)
+    fast = spikeconv.simulate(snn, images, **kwargs)
+    assert calls
+    reference = spikeconv.simulate(snn, images, method="reference", **kwargs)
+    for name in fast.spike_trains:
+        assert torch.equal(fast.spike_trains[name], reference.spike_trains[name]), name
+
+
+def test_kernels_without_openmp_split_images_over_python_threads(monkeypatch):
+    """The fallback when the compiler has no OpenMP: same results from Python threads."""
+    library = _kernel._load()
+    snn = _grid_net()
+    monkeypatch.setattr(events, "MIN_SPEEDUP", 0.0)
+    images = random_images(12, seed=5, dtype=torch.float32)
+    with_openmp = spikeconv.simulate(snn, images, T=20, record_trains=True)
+    monkeypatch.setattr(library, "spikeconv_openmp", lambda: 0)
+    threads = spikeconv.simulate(snn, images, T=20, record_trains=True)
+    for name in with_openmp.spike_trains:
+        assert torch.equal(with_openmp.spike_trains[name], threads.spike_trains[name]), name
