@@ -505,7 +505,9 @@ def write_docs(results: dict, docs: Path, out: Path) -> None:
         "passes done as batched calls (at most 10,000 images per call). Peak memory: the largest rise of "
         "the resident set (sampled every millisecond) during one more, untimed run after all timings, each in a fresh "
         "process whose glibc maps every allocation above 128 KiB fresh, so that memory freed earlier cannot hide it. 'same' = output spike counts identical to "
-        "spikeconv's on every image.",
+        "spikeconv's on every image. 'spikeconv dense': spikeconv with `event_driven=False`, i.e. without "
+        "event-driven synapses, which need weights on a power-of-two grid (as here): the speed a network with "
+        "unrounded float weights gets.",
         "",
     ]
     for name, net in results["networks"].items():
