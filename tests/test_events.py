@@ -148,3 +148,23 @@ def test_kernels_without_openmp_split_images_over_python_threads(monkeypatch):
     threads = spikeconv.simulate(snn, images, T=20, record_trains=True)
     for name in with_openmp.spike_trains:
         assert torch.equal(with_openmp.spike_trains[name], threads.spike_trains[name]), name
+
+
+def test_linear_layers_run_event_driven_only_on_flat_inputs():
+    """A linear layer on a 3-d map without a flatten acts on the last dimension only; the
+    event form (a kernel over the whole map) would be wrong there, so it is refused."""
+    from spikeconv.events import _event_form
+
+    layer = nn.Linear(4, 32)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(_on_grid(p))
+    assert _event_form(layer, (2, 4, 4), 1, False, torch.float32) is None
+    assert _event_form(nn.Linear(32, 32), (2, 4, 4), 1, True, torch.float32) is None  # 32 = 2*4*4 but weights off-grid
+    flat = nn.Linear(32, 32)
+    with torch.no_grad():
+        for p in flat.parameters():
+            p.copy_(_on_grid(p))
+    assert _event_form(flat, (2, 4, 4), 1, True, torch.float32) is not None
+    assert _event_form(flat, (32,), 1, False, torch.float32) is not None
+    assert _event_form(flat, (32,), 2, False, torch.float32) is None  # no pooling of a vector

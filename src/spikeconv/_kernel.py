@@ -195,15 +195,15 @@ int event_conv_f32(const float *x, int64_t H, int64_t W, int64_t C, int64_t k,
                     const int64_t py = oy * stride - pad + ky;
                     if (py < 0 || py >= PH || xa >= xb) continue;
                     /* rows[e] = (px * C + c) * CO, so kernel column px - x0 needs no lookup */
-                    const float *wk = w + (ky * KW - x0) * C * CO + o0;
+                    const int64_t base = (ky * KW - x0) * C * CO + o0;  /* + rows[e] >= 0 */
                     int32_t e = offsets[py * PW + xa];
                     const int32_t e1 = offsets[py * PW + xb];
                     for (; e + 1 < e1; e += 2) {
-                        const float *p = wk + rows[e], *q = wk + rows[e + 1];
+                        const float *p = w + (base + rows[e]), *q = w + (base + rows[e + 1]);
                         for (int64_t v = 0; v < nv; ++v) { a[v] += load16(p + 16 * v); b[v] += load16(q + 16 * v); }
                     }
                     if (e < e1)
-                        for (int64_t v = 0; v < nv; ++v) a[v] += load16(wk + rows[e] + 16 * v);
+                        for (int64_t v = 0; v < nv; ++v) a[v] += load16(w + (base + rows[e]) + 16 * v);
                 }
                 float *o = out + ((i * OH + oy) * OW + ox) * CO + o0;
                 for (int64_t v = 0; v < nv; ++v) { v16f sum = a[v] + b[v]; memcpy(o + 16 * v, &sum, sizeof sum); }

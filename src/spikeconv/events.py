@@ -144,20 +144,24 @@ def event_synapses(
         pool = _square_avg_pool(modules[0]) if len(modules) > 1 else 0
         if pool:
             modules = modules[1:]
-        if len(modules) == 2 and _flattens_all_but_batch(modules[0]):
+        flattened = len(modules) == 2 and _flattens_all_but_batch(modules[0])
+        if flattened:
             modules = modules[1:]
         if len(modules) != 1:
             continue
-        synapse = _event_form(modules[0], shapes[sources[0]], max(pool, 1), dtype)
+        synapse = _event_form(modules[0], shapes[sources[0]], max(pool, 1), flattened, dtype)
         if synapse is not None:
             found[j] = synapse
     return found
 
 
-def _event_form(layer: nn.Module, shape: tuple[int, ...], pool: int, dtype: torch.dtype) -> EventSynapse | None:
-    """``layer`` (after a pool of ``pool``, on inputs of ``shape``) in the event kernel's
-    form, or ``None`` where the kernel cannot run it exactly."""
-    if isinstance(layer, nn.Conv2d):
+def _event_form(
+    layer: nn.Module, shape: tuple[int, ...], pool: int, flattened: bool, dtype: torch.dtype
+) -> EventSynapse | None:
+    """``layer`` (after a pool of ``pool`` and, if ``flattened``, a flatten, on inputs of
+    ``shape``) in the event kernel's form, or ``None`` where the kernel cannot run it
+    exactly."""
+    if isinstance(layer, nn.Conv2d) and not flattened:
         c_out = layer.out_channels
         square = layer.stride[0] == layer.stride[1] and isinstance(layer.padding, tuple) and layer.padding[0] == layer.padding[1]
         plain = layer.groups == 1 and layer.dilation == (1, 1) and layer.padding_mode == "zeros"
@@ -168,7 +172,8 @@ def _event_form(layer: nn.Module, shape: tuple[int, ...], pool: int, dtype: torc
     elif isinstance(layer, nn.Linear):
         c_out = layer.out_features
         c, h, w = (*shape, 1, 1)[:3]
-        if len(shape) not in (1, 3) or (len(shape) == 1 and pool > 1) or c * (h // pool) * (w // pool) != layer.in_features:
+        # a linear layer reads a flat vector: the input's own, or a 3-d map flattened
+        if not (len(shape) == 1 and pool == 1 or len(shape) == 3 and flattened) or c * (h // pool) * (w // pool) != layer.in_features:
             return None
         # flatten order is (c, h, w) whatever the memory layout: a kernel over the whole map
         weight = layer.weight.detach().view(c_out, c, h // pool, w // pool).permute(2, 3, 1, 0)
