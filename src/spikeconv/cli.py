@@ -182,6 +182,14 @@ def fit_to_model(data: ImageDataset, input_shape: tuple[int, ...]) -> ImageDatas
     return data
 
 
+def _load_for_model(
+    name: str, split: str, root: Path | None, input_shape: tuple[int, ...], size: int | None, seed: int
+) -> ImageDataset:
+    """A seeded subset of ``size`` images of one split (all when ``None``), fitted to the
+    model's input (the subset picks the same images whether cropped before or after)."""
+    return fit_to_model(load_dataset(name, split, root).subset(size, seed=seed), input_shape)
+
+
 def _cmd_train(args: argparse.Namespace) -> None:
     name = _dataset_name(args, args.model)
     train_set = load_dataset(name, "train", args.data_root)
@@ -218,8 +226,9 @@ def _parse_v_min(text: str) -> float | str | None:
 def _cmd_convert(args: argparse.Namespace) -> None:
     model, record = load_model(args.model)
     name = _dataset_name(args, record["arch"])
-    calibration = load_dataset(name, "train", args.data_root).subset(args.calibration_size, seed=args.seed)
-    calibration = fit_to_model(calibration, tuple(record["input_shape"]))
+    calibration = _load_for_model(
+        name, "train", args.data_root, tuple(record["input_shape"]), args.calibration_size, args.seed
+    )
     traced = trace(model, tuple(record["input_shape"]), spiking_pool=args.spiking_pool)
     stats = calibrate(traced, calibration.tensors()[0], max_images=None)
     snn = build_snn(
@@ -248,8 +257,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         name = args.dataset or (ann or {}).get("dataset")
         if name is None:
             raise ValueError(f"{path} does not record its dataset: pass --dataset")
-        test = load_dataset(name, "test", args.data_root).subset(args.test_size, seed=args.seed)
-        test = fit_to_model(test, snn.input_shape)
+        test = _load_for_model(name, "test", args.data_root, snn.input_shape, args.test_size, args.seed)
         entry: dict[str, Any] = {"dataset": name}
         if ann is not None:
             ann_accuracy = entry["ann_accuracy"] = evaluate_ann(model_from_record(ann), test)
@@ -305,9 +313,8 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
             )
         done = previous.get("result", {})
         print(f"resuming {out_json}")
-    calibration = fit_to_model(load_dataset(name, "train", args.data_root), shape)
-    calibration = calibration.subset(args.calibration_size, seed=args.seed)
-    test = fit_to_model(load_dataset(name, "test", args.data_root), shape).subset(args.test_size, seed=args.seed)
+    calibration = _load_for_model(name, "train", args.data_root, shape, args.calibration_size, args.seed)
+    test = _load_for_model(name, "test", args.data_root, shape, args.test_size, args.seed)
     traced = trace(model, shape)
     stats = calibrate(traced, calibration.tensors()[0], max_images=None)
 
