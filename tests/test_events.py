@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from conftest import random_images
 from torch import nn
 
@@ -41,6 +43,14 @@ def test_event_conv_equals_pool_then_dense_conv_bit_for_bit(seed):
         event = _kernel.event_conv(spikes, weight, conv.bias, pool=pool, stride=stride, padding=padding)
     assert event.shape == dense.shape and event.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(event, dense)
+
+
+@given(st.lists(st.integers(-(2**20), 2**20), min_size=1, max_size=20), st.integers(0, 40))
+def test_grid_bits_is_the_smallest_exact_power_of_two_grid(numerators, bits):
+    """Against the definition: the smallest q with t * 2^q all integers."""
+    t = torch.tensor(numerators, dtype=torch.float64) / 2.0**bits
+    expected = next(q for q in range(64) if torch.equal(t * 2.0**q, (t * 2.0**q).round()))
+    assert grid_bits(t) == expected <= bits
 
 
 def test_exact_sums_needs_a_power_of_two_grid_and_headroom():

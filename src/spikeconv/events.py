@@ -97,13 +97,17 @@ def predicted_speedup(rate: float, fan: float, c_out: int, pool: int, linear: bo
 
 def grid_bits(t: Tensor, limit: int = 64) -> int | None:
     """The smallest q with every element of ``t`` a multiple of 2^-q (``None``: none below
-    ``limit``)."""
-    values = t.detach().double()  # exact for float32 values
-    for q in range(limit):
-        scaled = values * 2.0**q
-        if torch.equal(scaled, scaled.round()):
-            return q
-    return None
+    ``limit``). One pass: a value m * 2^(e - 53) with m an integer whose lowest set bit is
+    2^z needs 53 - e - z fractional bits."""
+    values = t.detach().double().flatten()  # exact for float32 values
+    values = values[values != 0]
+    if values.numel() == 0:
+        return 0
+    mantissa, exponent = torch.frexp(values)  # |mantissa| in [0.5, 1)
+    m = (mantissa.abs() * 2.0**53).to(torch.int64)  # exact: a 53-bit integer
+    _, lowest_bit = torch.frexp((m & -m).double())  # m & -m = 2^z, whose frexp exponent is z + 1
+    q = max(0, int((54 - exponent - lowest_bit).max()))
+    return q if q < limit else None
 
 
 def exact_sums(weight: Tensor, bias: Tensor | None, pool: int, dtype: torch.dtype) -> bool:
