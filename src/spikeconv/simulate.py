@@ -8,9 +8,9 @@ Two simulators share the neuron step (:func:`spikeconv.neurons.if_step`) and the
   t; then the next stage. With constant (analog) input the first stage's current is
   computed once. Chunks bound the memory for any T x batch. Float32 convolutions on the
   CPU run in channels-last layout (1.3-2x faster in oneDNN than NCHW on our nets, same
-  sums); the IF kernel works in whatever layout the current comes in. Convolutions over
-  sparse spikes run event-driven where that gives exactly the dense sums
-  (:mod:`spikeconv.events`).
+  sums); the IF kernel works in whatever layout the current comes in. Convolutions and
+  linear layers over sparse spikes run event-driven where that gives exactly the dense
+  sums (:mod:`spikeconv.events`).
 * ``method="reference"`` steps the whole network one time step at a time (the textbook
   loop). It is the oracle the fast path is tested against: both give identical spikes.
 """
@@ -175,9 +175,10 @@ def simulate(
     ``integer_bits`` or, by default, the rule's N from V_min (Yang Sec. 3.4); see
     :mod:`spikeconv.fixedpoint`.
 
-    ``event_driven``: let the fast path compute convolutions over sparse spikes event by
-    event where that gives exactly the dense sums (weights on a power-of-two grid, as in
-    fixed point; see :mod:`spikeconv.events`). The results are the same either way."""
+    ``event_driven``: let the fast path compute convolutions and linear layers over sparse
+    spikes event by event where that gives exactly the dense sums (weights on a power-of-two
+    grid, as in fixed point; see :mod:`spikeconv.events`). The results are the same either
+    way."""
     if not isinstance(T, int) or isinstance(T, bool) or T <= 0:
         raise ValueError(f"T (number of time steps) must be a positive integer, got {T!r}")
     if coding not in CODINGS:
@@ -345,9 +346,9 @@ def _run_fast(
 ) -> _BatchRecord:
     """The time-batched simulation of one batch. ``events``: the stages whose synapse may run
     event-driven (:mod:`spikeconv.events`), chosen per chunk by their input's spike rate."""
-    events = events or {}
-    event_sources = {stage.source_indices(j)[0] for j, stage in enumerate(snn.spiking_stages) if j in events}
     stages = snn.spiking_stages
+    events = events or {}
+    event_sources = {stage.source_indices(j)[0] for j, stage in enumerate(stages) if j in events}
     batch = len(x)
     state: list[Tensor | None] = [None] * len(stages)
     acc = _Accumulator(len(stages), batch, T, x.device, record_counts, record_trains)
