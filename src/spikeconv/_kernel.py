@@ -1,5 +1,5 @@
 """Compiled kernels of the fast simulator, in C, built on first use with the system's C
-compiler and called through ctypes (no torch headers, so it builds in about a second).
+compiler and called through ctypes (no torch headers, so it builds in about two seconds).
 
 :func:`if_recurrence`: the time-batched simulator hands a stage's synaptic current for a
 whole chunk of steps ``[steps, B, ...]`` to it, and it runs the IF recurrence over the
