@@ -178,3 +178,30 @@ def test_linear_layers_run_event_driven_only_on_flat_inputs():
     assert _event_form(flat, (2, 4, 4), 1, True, torch.float32) is not None
     assert _event_form(flat, (32,), 1, False, torch.float32) is not None
     assert _event_form(flat, (32,), 2, False, torch.float32) is None  # no pooling of a vector
+
+
+def test_event_synapse_after_a_spiking_max_pool_equals_the_reference(monkeypatch):
+    """The gate of a spiking max-pool passes 0/1 spikes on: the next convolution may run
+    event-driven (and must still match the step reference)."""
+    torch.manual_seed(3)
+    model = nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(32 * 4 * 4, 5),
+    ).float().eval()  # fmt: skip
+    snn = spikeconv.convert(model, random_images(64, dtype=torch.float32), rule="maxnorm", reset="subtract")
+    with torch.no_grad():
+        for p in snn.parameters():
+            p.copy_(_on_grid(p))
+    planned = _planned(snn)
+    gated = [j for j in planned if snn.spiking_stages[snn.spiking_stages[j].source_indices(j)[0]].gate is not None]
+    assert gated, "no event synapse reads the max-pool gate"
+    monkeypatch.setattr(events, "MIN_SPEEDUP", 0.0)
+    calls = _spy(monkeypatch)
+    images = random_images(12, seed=8, dtype=torch.float32)
+    kwargs = dict(T=30, coding="constant", record_trains=True)
+    fast = spikeconv.simulate(snn, images, **kwargs)
+    assert calls
+    reference = spikeconv.simulate(snn, images, method="reference", **kwargs)
+    for name in fast.spike_trains:
+        assert torch.equal(fast.spike_trains[name], reference.spike_trains[name]), name
+    assert torch.equal(fast.output_counts, reference.output_counts)
