@@ -20,6 +20,13 @@ def _on_grid(t: torch.Tensor, bits: int = 8) -> torch.Tensor:
     return torch.round(t * 2**bits) / 2**bits
 
 
+def _round_parameters(module: nn.Module) -> None:
+    """Every weight and bias of ``module`` onto the 2^-8 grid, in place."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(_on_grid(p))
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_event_conv_equals_pool_then_dense_conv_bit_for_bit(seed):
     """Random geometries (odd sizes, strides, padding, pools of 1, 2 and 4, with and without
@@ -32,9 +39,7 @@ def test_event_conv_equals_pool_then_dense_conv_bit_for_bit(seed):
     size = max(size, pool * max(1, kernel - 2 * padding))
     torch.manual_seed(seed)
     conv = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=bool(seed % 2))
-    with torch.no_grad():
-        for p in conv.parameters():
-            p.copy_(_on_grid(p))
+    _round_parameters(conv)
     rate = pick([0.02, 0.1, 0.5])
     spikes = (torch.rand(7, c_in, size, size, generator=gen) < rate).float().contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
@@ -83,9 +88,7 @@ def _grid_net() -> spikeconv.SpikingNetwork:
         nn.Flatten(), nn.Linear(48 * 2 * 2, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 5),
     ).float().eval()  # fmt: skip
     snn = spikeconv.convert(model, random_images(64, dtype=torch.float32), rule="maxnorm", reset="subtract")
-    with torch.no_grad():
-        for p in snn.parameters():
-            p.copy_(_on_grid(p))
+    _round_parameters(snn)
     return snn
 
 
@@ -166,15 +169,11 @@ def test_linear_layers_run_event_driven_only_on_flat_inputs():
     from spikeconv.events import _event_form
 
     layer = nn.Linear(4, 32)
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.copy_(_on_grid(p))
+    _round_parameters(layer)
     assert _event_form(layer, (2, 4, 4), 1, False, torch.float32) is None
     assert _event_form(nn.Linear(32, 32), (2, 4, 4), 1, True, torch.float32) is None  # 32 = 2*4*4 but weights off-grid
     flat = nn.Linear(32, 32)
-    with torch.no_grad():
-        for p in flat.parameters():
-            p.copy_(_on_grid(p))
+    _round_parameters(flat)
     assert _event_form(flat, (2, 4, 4), 1, True, torch.float32) is not None
     assert _event_form(flat, (32,), 1, False, torch.float32) is not None
     assert _event_form(flat, (32,), 2, False, torch.float32) is None  # no pooling of a vector
@@ -189,9 +188,7 @@ def test_event_synapse_after_a_spiking_max_pool_equals_the_reference(monkeypatch
         nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(32 * 4 * 4, 5),
     ).float().eval()  # fmt: skip
     snn = spikeconv.convert(model, random_images(64, dtype=torch.float32), rule="maxnorm", reset="subtract")
-    with torch.no_grad():
-        for p in snn.parameters():
-            p.copy_(_on_grid(p))
+    _round_parameters(snn)
     planned = _planned(snn)
     gated = [j for j in planned if snn.spiking_stages[snn.spiking_stages[j].source_indices(j)[0]].gate is not None]
     assert gated, "no event synapse reads the max-pool gate"
@@ -205,3 +202,19 @@ def test_event_synapse_after_a_spiking_max_pool_equals_the_reference(monkeypatch
     for name in fast.spike_trains:
         assert torch.equal(fast.spike_trains[name], reference.spike_trains[name]), name
     assert torch.equal(fast.output_counts, reference.output_counts)
+
+
+def test_event_conv_refuses_inputs_it_cannot_run_and_says_what_to_pass():
+    weight = torch.zeros(3, 3, 4, 32)
+    nchw = torch.zeros(2, 4, 5, 5)
+    with pytest.raises(ValueError, match="channels-last.*contiguous\\(memory_format=torch.channels_last\\)"):
+        _kernel.event_conv(nchw, weight, None, pool=1, stride=1, padding=1)
+    spikes = nchw.contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match=r"multiple of 16, got \[3, 3, 4, 24\].*permute"):
+        _kernel.event_conv(spikes, torch.zeros(3, 3, 4, 24), None, pool=1, stride=1, padding=1)
+    with pytest.raises(ValueError, match=r"\[KH, KW, 4, C_out\]"):
+        _kernel.event_conv(spikes, torch.zeros(3, 3, 5, 32), None, pool=1, stride=1, padding=1)
+    assert _kernel.event_lists_fit(32, 64, 512, 1) and not _kernel.event_lists_fit(2**16, 2**8, 2**7, 1)
+    wide = torch.zeros(1, 1, 1, 2**17).contiguous(memory_format=torch.channels_last)  # 2^17 x 1 x 2^14 = 2^31
+    with pytest.raises(ValueError, match="int32 spike lists.*dense layer"):
+        _kernel.event_conv(wide, torch.zeros(1, 1, 1, 2**14), None, pool=1, stride=1, padding=0)

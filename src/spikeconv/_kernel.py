@@ -259,14 +259,13 @@ def _build() -> ctypes.CDLL:
             os.replace(built, target)  # atomic: concurrent builders agree
     library = ctypes.CDLL(str(target))
     library.spikeconv_openmp.restype = ctypes.c_int
+    p, i64, i = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     for name, ctype in (("if_recurrence_f32", ctypes.c_float), ("if_recurrence_f64", ctypes.c_double)):
         fn = getattr(library, name)
-        p, i64, i = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
         fn.argtypes = [p, i64, p, p, p, p, i64, i64, i64, i64, i64, i, ctype, i, ctype, i, ctype, ctype, i]
         fn.restype = None
-    p, i64 = ctypes.c_void_p, ctypes.c_int64
-    library.event_conv_f32.argtypes = [p, i64, i64, i64, i64, p, p, i64, i64, i64, i64, i64, p, i64, i64, i64, i64, ctypes.c_int]
-    library.event_conv_f32.restype = ctypes.c_int
+    library.event_conv_f32.argtypes = [p, i64, i64, i64, i64, p, p, i64, i64, i64, i64, i64, p, i64, i64, i64, i64, i]
+    library.event_conv_f32.restype = i
     return library
 
 
@@ -344,9 +343,17 @@ def event_conv(spikes: Tensor, weight: Tensor, bias: Tensor | None, *, pool: int
     n, c, h, w = spikes.shape
     kh, kw, _, co = weight.shape
     if not spikes.is_contiguous(memory_format=torch.channels_last) or spikes.dtype != torch.float32:
-        raise ValueError("event_conv takes float32 channels-last spikes")
+        raise ValueError(
+            f"event_conv takes float32 channels-last spikes, got {spikes.dtype} with strides {spikes.stride()}: "
+            "pass spikes.float().contiguous(memory_format=torch.channels_last)"
+        )
     if co % 16 or not weight.is_contiguous() or weight.shape[2] != c:
-        raise ValueError(f"event_conv needs a [KH, KW, {c}, CO] contiguous weight with CO a multiple of 16")
+        raise ValueError(
+            f"event_conv needs a contiguous [KH, KW, {c}, C_out] weight with C_out a multiple of 16, got "
+            f"{list(weight.shape)}: permute a conv weight with .permute(2, 3, 1, 0).contiguous()"
+        )
+    if not event_lists_fit(w, c, co, pool):
+        raise ValueError(f"event_conv's int32 spike lists cannot index a {w // pool} x {c} x {co} row: use the dense layer")
     oh, ow = (h // pool + 2 * padding - kh) // stride + 1, (w // pool + 2 * padding - kw) // stride + 1
     out = torch.empty((n, co, oh, ow), dtype=torch.float32, memory_format=torch.channels_last)
     bias_ptr = None if bias is None else bias.contiguous().data_ptr()
@@ -355,6 +362,12 @@ def event_conv(spikes: Tensor, weight: Tensor, bias: Tensor | None, *, pool: int
     if failed:
         raise MemoryError("event_conv could not allocate its spike lists")
     return out
+
+
+def event_lists_fit(width: int, channels: int, c_out: int, pool: int) -> bool:
+    """Whether :func:`event_conv`'s int32 spike lists, which hold weight offsets
+    (pooled column * channels + channel) * C_out, can index a layer of this size."""
+    return (width // pool) * channels * c_out < 2**31
 
 
 def _executor(threads: int) -> ThreadPoolExecutor:

@@ -193,7 +193,7 @@ def _load_for_model(
 def _cmd_train(args: argparse.Namespace) -> None:
     name = _dataset_name(args, args.model)
     train_set = load_dataset(name, "train", args.data_root)
-    test_set = fit_to_model(load_dataset(name, "test", args.data_root), ZOO[args.model].input_shape)
+    test_set = _load_for_model(name, "test", args.data_root, ZOO[args.model].input_shape, None, args.seed)
     options = TrainOptions(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, crop=args.crop, flip=args.flip, pad=args.pad
     )

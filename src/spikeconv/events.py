@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _kernel
-from .graph import Flatten
+from .graph import Flatten, _pair
 from .network import SpikingStage
 
 __all__ = ["EventSynapse", "event_synapses", "exact_sums", "predicted_speedup"]
@@ -82,7 +82,7 @@ class EventSynapse:
         oh, ow = (ph + 2 * self.padding - kh) // self.stride + 1, (pw + 2 * self.padding - kw) // self.stride + 1
         fan = oh * ow * kh * kw / max(1, ph * pw)  # outputs each pooled input feeds (kernel taps)
         rate = total / max(1, spikes.numel())
-        fits = pw * c * c_out < 2**31
+        fits = _kernel.event_lists_fit(w, c, c_out, self.pool)
         return fits and predicted_speedup(rate, fan, c_out, self.pool, self.linear) >= MIN_SPEEDUP
 
 
@@ -201,8 +201,7 @@ def _square_avg_pool(module: nn.Module) -> int:
     divisor override; 0 for anything else."""
     if not isinstance(module, nn.AvgPool2d) or module.ceil_mode or module.divisor_override is not None:
         return 0
-    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
-    kernel, stride, padding = pair(module.kernel_size), pair(module.stride), pair(module.padding)
+    kernel, stride, padding = _pair(module.kernel_size), _pair(module.stride), _pair(module.padding)
     if kernel[0] != kernel[1] or stride != kernel or padding != (0, 0):
         return 0
     return int(kernel[0])
