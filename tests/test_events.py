@@ -33,7 +33,7 @@ def test_event_conv_equals_pool_then_dense_conv_bit_for_bit(seed):
     bias) and spike rates, weights on a 2^-8 grid so that every sum is exact."""
     gen = torch.Generator().manual_seed(seed)
     pick = lambda options: options[int(torch.randint(len(options), (1,), generator=gen))]  # noqa: E731
-    c_in, c_out, kernel = pick([1, 3, 12, 20]), pick([32, 48, 64, 128]), pick([1, 3, 5])
+    c_in, c_out, kernel = pick([1, 3, 12, 20]), pick([16, 32, 48, 64, 128, 144]), pick([1, 3, 5])
     pool, stride, padding = pick([1, 2, 4]), pick([1, 2]), pick([0, 1, 2])
     size = kernel + pick([0, 3, 6]) - 2 * padding if pool == 1 else pool * (kernel + pick([0, 2, 5])) + pick([0, 1])
     size = max(size, pool * max(1, kernel - 2 * padding))
@@ -48,6 +48,22 @@ def test_event_conv_equals_pool_then_dense_conv_bit_for_bit(seed):
         event = _kernel.event_conv(spikes, weight, conv.bias, pool=pool, stride=stride, padding=padding)
     assert event.shape == dense.shape and event.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(event, dense)
+
+
+def test_event_conv_without_avx512_lists_the_same_spikes(monkeypatch):
+    """The portable spike listing (a scalar loop, for CPUs without AVX-512) against the dense
+    convolution, on pooled rows whose length is not a multiple of 16."""
+    monkeypatch.setattr(_kernel, "_library", _kernel._build(("-mno-avx512f",)))
+    torch.manual_seed(0)
+    for c_in, pool, padding in ((3, 1, 1), (12, 2, 0), (20, 4, 2)):
+        conv = nn.Conv2d(c_in, 32, 3, padding=padding)
+        _round_parameters(conv)
+        spikes = (torch.rand(5, c_in, 12, 12) < 0.2).float().contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            dense = conv(nn.functional.avg_pool2d(spikes, pool) if pool > 1 else spikes)
+            weight = (conv.weight / pool**2).permute(2, 3, 1, 0).contiguous()
+            event = _kernel.event_conv(spikes, weight, conv.bias, pool=pool, stride=1, padding=padding)
+        assert torch.equal(event, dense), (c_in, pool)
 
 
 @given(st.lists(st.integers(-(2**20), 2**20), min_size=1, max_size=20), st.integers(0, 40))
@@ -70,10 +86,11 @@ def test_exact_sums_needs_a_power_of_two_grid_and_headroom():
 
 
 def test_cost_model_prefers_events_only_for_sparse_input():
-    assert predicted_speedup(0.05, 25, 64, 2) > events.MIN_SPEEDUP  # the Yang net's conv2 at its rate
-    assert predicted_speedup(0.5, 25, 64, 2) < 1
+    yang_conv2 = dict(fan=8 * 8 * 25 / 12**2, c_out=64, pool=2, ranges_per_element=8 * 8 * 5 / (24 * 24 * 12))
+    assert predicted_speedup(0.05, **yang_conv2) > events.MIN_SPEEDUP  # at its measured rate
+    assert predicted_speedup(0.5, **yang_conv2) < 1
     rates = [0.01, 0.05, 0.1, 0.3, 1.0]
-    speedups = [predicted_speedup(r, 9, 64, 1) for r in rates]
+    speedups = [predicted_speedup(r, 9, 64, 1, ranges_per_element=16 * 16 * 3 / (16 * 16 * 64)) for r in rates]
     assert speedups == sorted(speedups, reverse=True)
 
 
@@ -113,13 +130,14 @@ def _spy(monkeypatch) -> list[int]:
 def test_simulation_with_event_synapses_equals_the_reference(monkeypatch, coding):
     snn = _grid_net()
     planned = _planned(snn)
-    assert sorted(planned) == [1, 2, 3, 4] and [planned[i].linear for i in (2, 3, 4)] == [False, True, True]
+    assert sorted(planned) == [1, 2, 3, 4, 5] and [planned[i].linear for i in (2, 3, 4, 5)] == [False, True, True, True]
+    assert planned[5].c_out == 5 and planned[5].weight.shape[-1] == 16  # the output layer, padded to 16 outputs
     monkeypatch.setattr(events, "MIN_SPEEDUP", 0.0)  # events at any rate
     calls = _spy(monkeypatch)
     images, labels = random_images(20, seed=4, dtype=torch.float32), torch.arange(20) % 5
     kwargs = dict(T=40, coding=coding, seed=1, batch_size=8, record_trains=True)
     fast = spikeconv.simulate(snn, (images, labels), **kwargs)
-    assert set(calls) == {32, 48}, "the event path did not run for every planned synapse"
+    assert set(calls) == {16, 32, 48}, "the event path did not run for every planned synapse"
     dense = spikeconv.simulate(snn, (images, labels), event_driven=False, **kwargs)
     reference = spikeconv.simulate(snn, (images, labels), method="reference", **kwargs)
     for other in (dense, reference):

@@ -16,8 +16,7 @@ layer), the dense way does fan * C_out / pool^2 multiply-adds; the event way sca
 element and, per spike, adds fan * C_out / 16 vectors of 16 weights. A chunk of steps goes
 the event way when a cost model of the two, fitted to timings on this machine's two cores
 (benchmarks/speed/event_costs.py), predicts it at least :data:`MIN_SPEEDUP` times faster at
-the input's measured spike rate. With 16 output channels events lost at every measured
-rate, so those layers stay dense. Linear layers (after an optional pool and flatten) run
+the input's measured spike rate. Linear layers (after an optional pool and flatten) run
 as a convolution whose kernel covers the whole input map. Both ways give the same current,
 so the choice changes only the speed.
 """
@@ -35,15 +34,17 @@ from .network import SpikingStage
 
 __all__ = ["EventSynapse", "event_synapses", "exact_sums", "predicted_speedup"]
 
-# Cost model, per input element, in units of one 16-float vector addition of the event path,
-# fitted to 70 timings of 14 layer shapes at rates 2.5-30 % (benchmarks/speed/event_costs.py)
-_SCAN_COST = 4.64  # listing the element's spike
-_MAC_COST = 0.0411  # one multiply-add of the dense convolution (oneDNN, near peak)
-_LINEAR_MAC_COST = 0.0599  # one multiply-add of a dense linear layer
-_POOL_COST = 0.944  # the dense way's avg_pool2d pass
-# Events when the model predicts at least this speedup. On the 70 timings it picked 44, all
-# >= 1.27x faster in truth, none slower; it missed 3 where events won by > 1.25x (pooled
-# convolutions, which it underrates).
+# Cost model, per input element, in units of one 16-float vector addition of the event path
+# (0.22 ns on the two cores), fitted to 70 timings of 14 layer shapes at rates 2.5-30 %
+# (benchmarks/speed/event_costs.py -> event_costs.json)
+_SCAN_COST = 0.199  # listing the element's spike (AVX-512 compare and compress)
+_RANGE_COST = 20.9  # per (output pixel, kernel row, 128-output block): range lookup, block load/store
+_LINEAR_ADD_COST = 2.03  # a vector addition in a linear layer: its 1-8 MB of weights stay out of cache
+_MAC_COST = 0.0414  # one multiply-add of the dense convolution (oneDNN, near peak)
+_LINEAR_MAC_COST = 0.0623  # one multiply-add of a dense linear layer
+_POOL_COST = 0.977  # the dense way's avg_pool2d pass
+# Events when the model predicts at least this speedup. On the 70 timings it picked 58, all
+# >= 1.04x faster in truth; it left dense none that events won by more than 1.25x.
 MIN_SPEEDUP = 1.1
 _SIGNIFICAND_BITS = {torch.float32: 24, torch.float64: 53}
 
@@ -52,14 +53,16 @@ _SIGNIFICAND_BITS = {torch.float32: 24, torch.float64: 53}
 class EventSynapse:
     """A stage's synapse in the event kernel's form: ``[AvgPool2d(k)] -> Conv2d``, or
     ``[AvgPool2d(k)] -> [Flatten] -> Linear`` as a convolution whose kernel covers the
-    whole (pooled) input map."""
+    whole (pooled) input map. The kernel computes outputs 16 at a time, so weight and bias
+    are padded with zeros to a multiple of 16 outputs; the extra outputs are dropped."""
 
-    weight: Tensor  # [KH, KW, C_in, C_out], divided by pool ** 2
-    bias: Tensor | None
+    weight: Tensor  # [KH, KW, C_in, C_out padded to a multiple of 16], divided by pool ** 2
+    bias: Tensor | None  # [C_out padded]
     pool: int  # 1: no pooling
     stride: int
     padding: int
     linear: bool  # input [N, C] or [N, C, H, W], output [N, C_out]
+    c_out: int  # the layer's outputs
 
     def __call__(self, spikes: Tensor) -> Tensor:
         """``spikes`` (0/1) -> the synaptic current, exactly the dense synapse's."""
@@ -70,29 +73,41 @@ class EventSynapse:
         current = _kernel.event_conv(
             spikes, self.weight, self.bias, pool=self.pool, stride=self.stride, padding=self.padding
         )
-        return current.view(n, -1) if self.linear else current
+        if self.linear:
+            current = current.view(n, -1)
+        return current if current.shape[1] == self.c_out else current[:, : self.c_out]
 
     def preferred(self, spikes: Tensor, total: float) -> bool:
         """Whether events should beat the dense synapse on ``spikes`` (``[N, C, H, W]`` or
         ``[N, C]``), which hold ``total`` spikes (and the kernel's int32 spike lists can
         index them)."""
         c, h, w = (*spikes.shape[1:], 1, 1)[:3]
-        kh, kw, _, c_out = self.weight.shape
+        kh, kw, _, padded = self.weight.shape
         ph, pw = h // self.pool, w // self.pool
         oh, ow = (ph + 2 * self.padding - kh) // self.stride + 1, (pw + 2 * self.padding - kw) // self.stride + 1
         fan = oh * ow * kh * kw / max(1, ph * pw)  # outputs each pooled input feeds (kernel taps)
+        ranges = oh * ow * kh * -(-padded // 128)  # per image, see _kernel.event_conv
         rate = total / max(1, spikes.numel())
-        fits = _kernel.event_lists_fit(w, c, c_out, self.pool)
-        return fits and predicted_speedup(rate, fan, c_out, self.pool, self.linear) >= MIN_SPEEDUP
+        fits = _kernel.event_lists_fit(w, c, padded, self.pool)
+        speedup = predicted_speedup(
+            rate, fan, self.c_out, self.pool, ranges_per_element=ranges / (c * h * w), linear=self.linear, event_c_out=padded
+        )  # fmt: skip
+        return fits and speedup >= MIN_SPEEDUP
 
 
-def predicted_speedup(rate: float, fan: float, c_out: int, pool: int, linear: bool = False) -> float:
+def predicted_speedup(
+    rate: float, fan: float, c_out: int, pool: int, *, ranges_per_element: float, linear: bool = False,
+    event_c_out: int | None = None,
+) -> float:  # fmt: skip
     """Dense time over event time per input element, from the fitted cost model. ``fan``:
     how many output positions one (pooled) input feeds, KH * KW for a stride-1 convolution
-    and 1 for a linear layer."""
-    mac = _LINEAR_MAC_COST if linear else _MAC_COST
+    and 1 for a linear layer; ``ranges_per_element``: (output pixel, kernel row, 128-output
+    block) triples per input element; ``event_c_out``: the outputs the event kernel computes
+    (``c_out`` padded to a multiple of 16; default ``c_out``)."""
+    mac, add = (_LINEAR_MAC_COST, _LINEAR_ADD_COST) if linear else (_MAC_COST, 1.0)
     dense = fan * c_out / pool**2 * mac + (_POOL_COST if pool > 1 else 0.0)
-    return dense / (_SCAN_COST + rate * fan * c_out / 16)
+    event = _SCAN_COST + rate * fan * (event_c_out or c_out) / 16 * add + _RANGE_COST * ranges_per_element
+    return dense / event
 
 
 def grid_bits(t: Tensor, limit: int = 64) -> int | None:
@@ -133,8 +148,7 @@ def event_synapses(
 ) -> dict[int, EventSynapse]:
     """The stages whose synapse can run event by event with exactly the dense result:
     ``[AvgPool2d(k, stride k)] -> Conv2d`` (groups 1, dilation 1, zero padding) or
-    ``[AvgPool2d(k, stride k)] -> [Flatten] -> Linear``, with C_out a multiple of 16 and at
-    least 32, reading one spiking stage, with exact sums (:func:`exact_sums`); float32 on
+    ``[AvgPool2d(k, stride k)] -> [Flatten] -> Linear``, reading one spiking stage, with exact sums (:func:`exact_sums`); float32 on
     the CPU with the compiled kernel. ``shapes``: each stage's output shape per image.
     ``{stage index: synapse}``."""
     if dtype != torch.float32 or device.type != "cpu" or not _kernel.available():
@@ -184,10 +198,12 @@ def _event_form(
         stride, padding, linear = 1, 0, True
     else:
         return None
-    if c_out % 16 or c_out < 32 or not exact_sums(layer.weight, layer.bias, pool, dtype):
+    if not exact_sums(layer.weight, layer.bias, pool, dtype):
         return None
-    bias = None if layer.bias is None else layer.bias.detach().contiguous()
-    return EventSynapse((weight / pool**2).contiguous(), bias, pool, stride, padding, linear)
+    extra = -c_out % 16  # zero outputs up to the kernel's 16-output vectors (exact: they are dropped)
+    weight = nn.functional.pad(weight / pool**2, (0, extra)).contiguous()
+    bias = None if layer.bias is None else nn.functional.pad(layer.bias.detach(), (0, extra)).contiguous()
+    return EventSynapse(weight, bias, pool, stride, padding, linear, c_out)
 
 
 def _flattens_all_but_batch(module: nn.Module) -> bool:
