@@ -86,11 +86,13 @@ def test_exact_sums_needs_a_power_of_two_grid_and_headroom():
 
 
 def test_cost_model_prefers_events_only_for_sparse_input():
-    yang_conv2 = dict(fan=8 * 8 * 25 / 12**2, c_out=64, pool=2, ranges_per_element=8 * 8 * 5 / (24 * 24 * 12))
+    per_element = dict(ranges_per_element=8 * 8 / (24 * 24 * 12), merges_per_element=8 * 12 * 5 / (24 * 24 * 12))
+    yang_conv2 = dict(fan=8 * 8 * 25 / 12**2, c_out=64, pool=2, **per_element)
     assert predicted_speedup(0.05, **yang_conv2) > events.MIN_SPEEDUP  # at its measured rate
     assert predicted_speedup(0.5, **yang_conv2) < 1
     rates = [0.01, 0.05, 0.1, 0.3, 1.0]
-    speedups = [predicted_speedup(r, 9, 64, 1, ranges_per_element=16 * 16 * 3 / (16 * 16 * 64)) for r in rates]
+    shape = dict(ranges_per_element=1 / 64, merges_per_element=3 / 64)  # 3x3 conv, 'same' padding, 64 -> 64
+    speedups = [predicted_speedup(r, 9, 64, 1, **shape) for r in rates]
     assert speedups == sorted(speedups, reverse=True)
 
 
@@ -232,7 +234,8 @@ def test_event_conv_refuses_inputs_it_cannot_run_and_says_what_to_pass():
         _kernel.event_conv(spikes, torch.zeros(3, 3, 4, 24), None, pool=1, stride=1, padding=1)
     with pytest.raises(ValueError, match=r"\[KH, KW, 4, C_out\]"):
         _kernel.event_conv(spikes, torch.zeros(3, 3, 5, 32), None, pool=1, stride=1, padding=1)
-    assert _kernel.event_lists_fit(32, 64, 512, 1) and not _kernel.event_lists_fit(2**16, 2**8, 2**7, 1)
+    assert _kernel.event_lists_fit(32, 64, 512, 1, 9) and not _kernel.event_lists_fit(2**16, 2**8, 2**7, 1, 9)
+    assert not _kernel.event_lists_fit(8, 512, 512, 1, 2**13)  # a large kernel alone overflows
     wide = torch.zeros(1, 1, 1, 2**17).contiguous(memory_format=torch.channels_last)  # 2^17 x 1 x 2^14 = 2^31
     with pytest.raises(ValueError, match="int32 spike lists.*dense layer"):
         _kernel.event_conv(wide, torch.zeros(1, 1, 1, 2**14), None, pool=1, stride=1, padding=0)

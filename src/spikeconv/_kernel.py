@@ -152,22 +152,23 @@ IF_KERNEL(if_recurrence_f64, if_block_f64, double)
    convolution's, so the caller uses this only where every partial sum is exact. CO is a
    multiple of 16 (one 64-byte vector per 16 outputs), summed 128 outputs at a time. */
 typedef float v16f __attribute__((vector_size(64)));
+typedef int32_t v16i __attribute__((vector_size(64)));
 static inline v16f load16(const float *p) { v16f v; memcpy(&v, p, sizeof v); return v; }
 
 /* Lists one image's spikes x [H][W][C] per pooled pixel (py, px), row by row: offsets[py *
    PW + px] is where the pixel's entries start in rows, and each entry is the spike's weight
-   offset (px * C + c) * CO. table[j] = (j % C) * CO for the k * C elements of one pooled
+   offset (px * C + c) * CO, plus py * row_shift. table[j] = (j % C) * CO for the k * C elements of one pooled
    pixel's input row. With AVX-512 each 16 elements are one compare and one compress (the
    scalar loop cost 4.6 vector additions per element, most of the synapse's time at 5 %
    spikes); rows needs 16 entries of slack for the whole-vector stores. */
 static void list_spikes(const float *xi, int64_t W, int64_t C, int64_t k, int64_t CO, int64_t PH,
-                        int64_t PW, int32_t *offsets, int32_t *rows, const int32_t *table) {
+                        int64_t PW, int64_t row_shift, int32_t *offsets, int32_t *rows, const int32_t *table) {
     const int64_t L = k * C;  /* elements of a pooled pixel in one input row */
     int32_t nnz = 0;
     for (int64_t py = 0; py < PH; ++py)
         for (int64_t px = 0; px < PW; ++px) {
             offsets[py * PW + px] = nnz;
-            const int32_t column = (int32_t)(px * C * CO);
+            const int32_t column = (int32_t)(py * row_shift + px * C * CO);
             for (int64_t dy = 0; dy < k; ++dy) {
                 const float *p = xi + ((py * k + dy) * W + px * k) * C;
 #ifdef __AVX512F__
@@ -190,76 +191,114 @@ static void list_spikes(const float *xi, int64_t W, int64_t C, int64_t k, int64_
     offsets[PH * PW] = nnz;
 }
 
-/* Outputs o0 .. o0 + 16 * nv - 1 of output pixel (oy, ox) into o (that pixel's row): for
-   each of the KH kernel rows, the spikes it needs are one contiguous range of the lists.
-   nv is a constant at every call, so each count gets a loop without per-vector branches. */
+/* Outputs o[0 .. 16 * nv - 1] of one output pixel: the sum of the weights w[base + entries[e]]
+   (16 * nv floats each) for e in e0 .. e1 - 1, plus the bias. nv is a constant at every call,
+   so each count gets a loop without per-vector branches. */
 static inline __attribute__((always_inline)) void output_block(
-        const int nv, const int32_t *offsets, const int32_t *rows, const float *w, const float *bias,
-        float *o, int64_t o0, int64_t oy, int64_t ox, int64_t C, int64_t KH, int64_t KW,
-        int64_t stride, int64_t pad, int64_t CO, int64_t PH, int64_t PW) {
+        const int nv, const int32_t *entries, int32_t e, const int32_t e1, const float *w, int64_t base,
+        const float *bias, float *o) {
     v16f a[8], b[8];  /* two partial sums per vector: independent add chains */
     for (int v = 0; v < nv; ++v) {
-        a[v] = bias ? load16(bias + o0 + 16 * v) : (v16f){0};
+        a[v] = bias ? load16(bias + 16 * v) : (v16f){0};
         b[v] = (v16f){0};
     }
-    const int64_t x0 = ox * stride - pad, xa = x0 < 0 ? 0 : x0;
-    const int64_t xb = x0 + KW > PW ? PW : x0 + KW;
-    for (int64_t ky = 0; ky < KH; ++ky) {
-        const int64_t py = oy * stride - pad + ky;
-        if (py < 0 || py >= PH || xa >= xb) continue;
-        /* rows[e] = (px * C + c) * CO, so kernel column px - x0 needs no lookup */
-        const float *wk = w + (ky * KW - x0) * C * CO + o0;  /* + rows[e] >= 0 */
-        int32_t e = offsets[py * PW + xa];
-        const int32_t e1 = offsets[py * PW + xb];
-        for (; e + 1 < e1; e += 2) {
-            const float *p = wk + rows[e], *q = wk + rows[e + 1];
-            for (int v = 0; v < nv; ++v) { a[v] += load16(p + 16 * v); b[v] += load16(q + 16 * v); }
-        }
-        if (e < e1)
-            for (int v = 0; v < nv; ++v) a[v] += load16(wk + rows[e] + 16 * v);
+    for (; e + 1 < e1; e += 2) {
+        const float *p = w + (base + entries[e]), *q = w + (base + entries[e + 1]);
+        for (int v = 0; v < nv; ++v) { a[v] += load16(p + 16 * v); b[v] += load16(q + 16 * v); }
     }
-    for (int v = 0; v < nv; ++v) { v16f sum = a[v] + b[v]; memcpy(o + o0 + 16 * v, &sum, sizeof sum); }
+    if (e < e1)
+        for (int v = 0; v < nv; ++v) a[v] += load16(w + (base + entries[e]) + 16 * v);
+    for (int v = 0; v < nv; ++v) { v16f sum = a[v] + b[v]; memcpy(o + 16 * v, &sum, sizeof sum); }
 }
+
+/* Outputs o0 .. o0 + 127 (or up to CO) of the output pixel at o, from entries e0 .. e1 - 1:
+   one unrolled loop per vector count. */
+#define OUTPUT_BLOCKS(ENTRIES, E0, E1, SHIFT, O0)                                              \
+    switch ((CO - (O0) < 128 ? CO - (O0) : 128) / 16) {                                       \
+    case 1: output_block(1, ENTRIES, E0, E1, w, (O0) + (SHIFT), bias ? bias + (O0) : 0, o + (O0)); break; \
+    case 2: output_block(2, ENTRIES, E0, E1, w, (O0) + (SHIFT), bias ? bias + (O0) : 0, o + (O0)); break; \
+    case 3: output_block(3, ENTRIES, E0, E1, w, (O0) + (SHIFT), bias ? bias + (O0) : 0, o + (O0)); break; \
+    case 4: output_block(4, ENTRIES, E0, E1, w, (O0) + (SHIFT), bias ? bias + (O0) : 0, o + (O0)); break; \
+    case 5: output_block(5, ENTRIES, E0, E1, w, (O0) + (SHIFT), bias ? bias + (O0) : 0, o + (O0)); break; \
+    case 6: output_block(6, ENTRIES, E0, E1, w, (O0) + (SHIFT), bias ? bias + (O0) : 0, o + (O0)); break; \
+    case 7: output_block(7, ENTRIES, E0, E1, w, (O0) + (SHIFT), bias ? bias + (O0) : 0, o + (O0)); break; \
+    default: output_block(8, ENTRIES, E0, E1, w, (O0) + (SHIFT), bias ? bias + (O0) : 0, o + (O0));    \
+    }
 
 int event_conv_f32(const float *x, int64_t H, int64_t W, int64_t C, int64_t k,
                    const float *w, const float *bias, int64_t KH, int64_t KW, int64_t stride,
                    int64_t pad, int64_t CO, float *out, int64_t OH, int64_t OW, int64_t i0, int64_t i1,
                    int nthreads) {
     const int64_t PH = H / k, PW = W / k;
+    const int whole_map = OH == 1 && OW == 1 && KH == PH && KW == PW && pad == 0;
     int failed = 0;
 #pragma omp parallel num_threads(nthreads) if(nthreads > 1) reduction(|: failed)
     {
     int32_t *offsets = malloc((PH * PW + 1) * sizeof(int32_t));
     int32_t *rows = malloc((H * W * C + 16) * sizeof(int32_t));  /* + 16: whole-vector stores */
     int32_t *table = malloc((k * C + 16) * sizeof(int32_t));
-    failed = !offsets || !rows || !table;
+    int32_t *merged = malloc((KH * k * W * C + 16) * sizeof(int32_t));
+    int32_t *columns = malloc((PW + 1) * sizeof(int32_t));
+    failed = !offsets || !rows || !table || !merged || !columns;
     if (table) for (int64_t j = 0; j < k * C; ++j) table[j] = (int32_t)((j % C) * CO);
 #pragma omp for schedule(static)
     for (int64_t i = i0; i < i1; ++i) {
         if (failed) continue;
         const float *xi = x + i * H * W * C;
-        list_spikes(xi, W, C, k, CO, PH, PW, offsets, rows, table);
-        for (int64_t oy = 0; oy < OH; ++oy)
-            for (int64_t ox = 0; ox < OW; ++ox) {
-                float *o = out + ((i * OH + oy) * OW + ox) * CO;
-                /* blocks of up to 8 vectors in registers (measured: fewer per pass, for the
-                   weights' sake of L1, lost to the per-spike index work) */
-                for (int64_t o0 = 0; o0 < CO; o0 += 128)
-                    switch ((CO - o0 < 128 ? CO - o0 : 128) / 16) {  /* one unrolled loop per count */
-                    case 1: output_block(1, offsets, rows, w, bias, o, o0, oy, ox, C, KH, KW, stride, pad, CO, PH, PW); break;
-                    case 2: output_block(2, offsets, rows, w, bias, o, o0, oy, ox, C, KH, KW, stride, pad, CO, PH, PW); break;
-                    case 3: output_block(3, offsets, rows, w, bias, o, o0, oy, ox, C, KH, KW, stride, pad, CO, PH, PW); break;
-                    case 4: output_block(4, offsets, rows, w, bias, o, o0, oy, ox, C, KH, KW, stride, pad, CO, PH, PW); break;
-                    case 5: output_block(5, offsets, rows, w, bias, o, o0, oy, ox, C, KH, KW, stride, pad, CO, PH, PW); break;
-                    case 6: output_block(6, offsets, rows, w, bias, o, o0, oy, ox, C, KH, KW, stride, pad, CO, PH, PW); break;
-                    case 7: output_block(7, offsets, rows, w, bias, o, o0, oy, ox, C, KH, KW, stride, pad, CO, PH, PW); break;
-                    default: output_block(8, offsets, rows, w, bias, o, o0, oy, ox, C, KH, KW, stride, pad, CO, PH, PW);
-                    }
+        if (whole_map) {  /* a linear layer: every spike feeds the one output pixel, no merging */
+            list_spikes(xi, W, C, k, CO, PH, PW, PW * C * CO, offsets, rows, table);
+            float *o = out + i * CO;
+            for (int64_t o0 = 0; o0 < CO; o0 += 128)
+                OUTPUT_BLOCKS(rows, 0, offsets[PH * PW], 0, o0)
+            continue;
+        }
+        list_spikes(xi, W, C, k, CO, PH, PW, 0, offsets, rows, table);
+        for (int64_t oy = 0; oy < OH; ++oy) {
+            /* The spikes of the KH pooled rows this output row reads, merged column by column
+               (column px: row 0's, then row 1's, ...), each entry + ky * KW * C * CO: an output
+               pixel's whole receptive field is then one contiguous range (measured: a range per
+               kernel row cost ~21 vector additions each, the most of a 16-output layer's time). */
+            int32_t n = 0;
+            for (int64_t px = 0; px < PW; ++px) {
+                columns[px] = n;
+                for (int64_t ky = 0; ky < KH; ++ky) {
+                    const int64_t py = oy * stride - pad + ky;
+                    if (py < 0 || py >= PH) continue;
+                    const int32_t shift = (int32_t)(ky * KW * C * CO), from = offsets[py * PW + px];
+                    const int32_t count = offsets[py * PW + px + 1] - from;
+                    /* 16 entries at a time, the first 16 unconditionally (both arrays have 16
+                       of slack): a pixel rarely holds more, so this branch predicts well */
+                    int32_t j = 0;
+                    do {
+                        v16i chunk;
+                        memcpy(&chunk, rows + from + j, sizeof chunk);
+                        chunk += shift;
+                        memcpy(merged + n + j, &chunk, sizeof chunk);
+                        j += 16;
+                    } while (j < count);
+                    n += count;
+                }
             }
+            columns[PW] = n;
+            for (int64_t ox = 0; ox < OW; ++ox) {
+                const int64_t x0 = ox * stride - pad, xa = x0 < 0 ? 0 : x0;
+                const int64_t xb = x0 + KW > PW ? PW : x0 + KW;
+                const int32_t e0 = columns[xa], e1 = xa < xb ? columns[xb] : e0;
+                float *o = out + ((i * OH + oy) * OW + ox) * CO;
+                /* entries hold (ky * KW + px) * C * CO + c * CO: minus x0 * C * CO, the weight row
+                   of kernel tap (ky, px - x0), channel c. Blocks of up to 8 vectors in registers
+                   (measured: fewer per pass, for the weights' sake of L1, lost to the per-spike
+                   index work). */
+                for (int64_t o0 = 0; o0 < CO; o0 += 128)
+                    OUTPUT_BLOCKS(merged, e0, e1, -x0 * C * CO, o0)
+            }
+        }
     }
     free(offsets);
     free(rows);
     free(table);
+    free(merged);
+    free(columns);
     }
     return failed;
 }
@@ -404,8 +443,11 @@ def event_conv(spikes: Tensor, weight: Tensor, bias: Tensor | None, *, pool: int
             f"event_conv needs a contiguous [KH, KW, {c}, C_out] weight with C_out a multiple of 16, got "
             f"{list(weight.shape)}: permute a conv weight with .permute(2, 3, 1, 0).contiguous()"
         )
-    if not event_lists_fit(w, c, co, pool):
-        raise ValueError(f"event_conv's int32 spike lists cannot index a {w // pool} x {c} x {co} row: use the dense layer")
+    if not event_lists_fit(w, c, co, pool, kh * kw):
+        raise ValueError(
+            f"event_conv's int32 spike lists cannot index a {kh}x{kw} kernel over {w // pool} pooled columns x {c} "
+            f"channels x {co} outputs: use the dense layer"
+        )
     oh, ow = (h // pool + 2 * padding - kh) // stride + 1, (w // pool + 2 * padding - kw) // stride + 1
     out = torch.empty((n, co, oh, ow), dtype=torch.float32, memory_format=torch.channels_last)
     bias_ptr = None if bias is None else bias.contiguous().data_ptr()
@@ -416,10 +458,11 @@ def event_conv(spikes: Tensor, weight: Tensor, bias: Tensor | None, *, pool: int
     return out
 
 
-def event_lists_fit(width: int, channels: int, c_out: int, pool: int) -> bool:
+def event_lists_fit(width: int, channels: int, c_out: int, pool: int, taps: int) -> bool:
     """Whether :func:`event_conv`'s int32 spike lists, which hold weight offsets
-    (pooled column * channels + channel) * C_out, can index a layer of this size."""
-    return (width // pool) * channels * c_out < 2**31
+    ((kernel row * KW + pooled column) * channels + channel) * C_out, can index a layer of
+    this size (``taps``: KH * KW)."""
+    return (taps + width // pool) * channels * c_out < 2**31
 
 
 def _executor(threads: int) -> ThreadPoolExecutor:
