@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from hypothesis import given
@@ -148,6 +150,23 @@ def test_simulation_with_event_synapses_equals_the_reference(monkeypatch, coding
         assert torch.equal(fast.output_counts, other.output_counts)
         assert torch.equal(fast.correct_per_step, other.correct_per_step)
     assert all(v > 0 for v in fast.spikes_per_layer.values())
+
+
+def test_buffers_reused_over_time_chunks_of_unequal_length_keep_the_reference_spikes(monkeypatch):
+    """Chunks of 3 steps over T = 20 (the last one shorter): the event currents and the
+    constant-current stage's spikes go to buffers reused by every chunk."""
+    module = sys.modules["spikeconv.simulate"]  # the package's `simulate` is the function
+    monkeypatch.setattr(module, "_chunk_steps", lambda T, batch, step_bytes, memory_bytes: 3)
+    monkeypatch.setattr(events, "MIN_SPEEDUP", 0.0)
+    snn = _grid_net()
+    calls = _spy(monkeypatch)
+    images = random_images(10, seed=8, dtype=torch.float32)
+    chunked = spikeconv.simulate(snn, images, T=20, coding="constant", record_trains=True)
+    assert len(calls) == 7 * len(_planned(snn)), "not every chunk ran the event synapses"
+    reference = spikeconv.simulate(snn, images, T=20, coding="constant", record_trains=True, method="reference")
+    for name in chunked.spike_trains:
+        assert torch.equal(chunked.spike_trains[name], reference.spike_trains[name]), name
+    assert torch.equal(chunked.output_counts, reference.output_counts)
 
 
 def test_fixed_point_networks_take_the_event_path_and_unrounded_ones_do_not(monkeypatch):

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from conftest import random_images, small_cnn
@@ -63,6 +65,21 @@ def test_time_chunking_does_not_change_the_result(coding, dtype):
     assert chunked.spikes_per_image.sum() > 0
 
 
+def test_sums_held_back_and_flushed_at_any_point_give_the_same_result(monkeypatch):
+    """Spike sums and the readout are processed in bulk; flushing after every chunk (one
+    element) or once at the end must give the same totals and accuracy curve."""
+    module = sys.modules["spikeconv.simulate"]  # the package's `simulate` is the function
+    snn = _convert("subtract", dtype=torch.float32)
+    images, labels = random_images(16, seed=3, dtype=torch.float32), torch.arange(16) % 10
+    run = lambda: spikeconv.simulate(snn, (images, labels), T=30, memory_bytes=1, record_trains=True)  # noqa: E731
+    held = run()
+    monkeypatch.setattr(module, "_PENDING_ELEMENTS", 1)
+    flushed = run()
+    _assert_same(held, flushed)
+    assert torch.equal(held.spikes_per_step, flushed.spikes_per_step) and held.spikes_per_step.sum() > 0
+    assert torch.equal(held.spikes_per_image, flushed.spikes_per_image)
+
+
 def test_module_forward_is_the_step_by_step_simulation():
     snn = _convert("zero")
     images = random_images(6, seed=4)
@@ -109,6 +126,7 @@ def test_ties_in_spike_count_are_broken_by_membrane_potential():
     spikes = torch.tensor([[[1.0, 0.0, 1.0]]])
     membrane = torch.tensor([[[0.1, 0.9, 0.4]]])
     readout.update(spikes, membrane)
+    readout.flush()
     assert int(readout.predictions[0]) == 2  # classes 0 and 2 tie on count; 2 has more potential
     assert int(readout.correct[0]) == 1
 

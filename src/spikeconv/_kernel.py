@@ -423,10 +423,13 @@ def steps_like(v: Tensor, steps: int) -> Tensor:
     return torch.empty_strided((steps, *v.shape), (v.numel(), *v.stride()), dtype=v.dtype, device=v.device)
 
 
-def event_conv(spikes: Tensor, weight: Tensor, bias: Tensor | None, *, pool: int, stride: int, padding: int) -> Tensor:
+def event_conv(
+    spikes: Tensor, weight: Tensor, bias: Tensor | None, *, pool: int, stride: int, padding: int, out: Tensor | None = None
+) -> Tensor:
     """The synapse ``conv2d(avg_pool2d(spikes, pool), ...)`` computed event by event: for
-    each output pixel, the sum of the weights of the spikes in its receptive field.
-    ``spikes`` ``[N, C, H, W]`` float32 0/1, channels-last; ``weight`` ``[KH, KW, C, CO]``
+    each output pixel, the sum of the weights of the spikes in its receptive field, written
+    to ``out`` when given (a float32 channels-last ``[N, CO, OH, OW]``, e.g. a buffer reused
+    over time chunks). ``spikes`` ``[N, C, H, W]`` float32 0/1, channels-last; ``weight`` ``[KH, KW, C, CO]``
     contiguous, already divided by ``pool ** 2``. Returns ``[N, CO, OH, OW]`` channels-last.
     Equal to the dense synapse only where all partial sums are exact (the caller checks)."""
     library = _load()
@@ -449,7 +452,13 @@ def event_conv(spikes: Tensor, weight: Tensor, bias: Tensor | None, *, pool: int
             f"channels x {co} outputs: use the dense layer"
         )
     oh, ow = (h // pool + 2 * padding - kh) // stride + 1, (w // pool + 2 * padding - kw) // stride + 1
-    out = torch.empty((n, co, oh, ow), dtype=torch.float32, memory_format=torch.channels_last)
+    if out is None:
+        out = torch.empty((n, co, oh, ow), dtype=torch.float32, memory_format=torch.channels_last)
+    elif out.shape != (n, co, oh, ow) or out.dtype != torch.float32 or not out.is_contiguous(memory_format=torch.channels_last):
+        raise ValueError(
+            f"event_conv's out must be a float32 channels-last tensor of shape {[n, co, oh, ow]}, "
+            f"got {out.dtype} {list(out.shape)} with strides {out.stride()}"
+        )
     bias_ptr = None if bias is None else bias.contiguous().data_ptr()
     args = (spikes.data_ptr(), h, w, c, pool, weight.data_ptr(), bias_ptr, kh, kw, stride, padding, co, out.data_ptr(), oh, ow)
     failed = _split_over_threads(library, library.event_conv_f32, args, (), n, min(torch.get_num_threads(), n))

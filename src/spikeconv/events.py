@@ -65,18 +65,27 @@ class EventSynapse:
     linear: bool  # input [N, C] or [N, C, H, W], output [N, C_out]
     c_out: int  # the layer's outputs
 
-    def __call__(self, spikes: Tensor) -> Tensor:
-        """``spikes`` (0/1) -> the synaptic current, exactly the dense synapse's."""
+    def __call__(self, spikes: Tensor, out: Tensor | None = None) -> Tensor:
+        """``spikes`` (0/1) -> the synaptic current, exactly the dense synapse's. ``out``: where
+        the kernel writes, as :meth:`output_like` makes it (the result is a view of it)."""
         n = spikes.shape[0]
         if spikes.dim() == 2:  # a linear layer after a linear layer: [N, C] is [N, C, 1, 1]
             spikes = spikes.view(n, -1, 1, 1)
         spikes = spikes.contiguous(memory_format=torch.channels_last)
         current = _kernel.event_conv(
-            spikes, self.weight, self.bias, pool=self.pool, stride=self.stride, padding=self.padding
+            spikes, self.weight, self.bias, pool=self.pool, stride=self.stride, padding=self.padding, out=out
         )
         if self.linear:
             current = current.view(n, -1)
         return current if current.shape[1] == self.c_out else current[:, : self.c_out]
+
+    def output_like(self, spikes: Tensor) -> Tensor:
+        """An empty tensor the kernel can write this synapse's current for ``spikes`` into."""
+        c, h, w = (*spikes.shape[1:], 1, 1)[:3]
+        kh, kw, _, padded = self.weight.shape
+        oh = (h // self.pool + 2 * self.padding - kh) // self.stride + 1
+        ow = (w // self.pool + 2 * self.padding - kw) // self.stride + 1
+        return torch.empty((spikes.shape[0], padded, oh, ow), dtype=torch.float32, memory_format=torch.channels_last)
 
     def preferred(self, spikes: Tensor, total: float) -> bool:
         """Whether events should beat the dense synapse on ``spikes`` (``[N, C, H, W]`` or
