@@ -8,17 +8,16 @@ Writes ``benchmarks/speed/event_costs.json`` (every timing per image, the fit an
 model's prediction beside the measured speedup). Batch 100, 2 torch threads, best of 3
 rounds of 10 calls; weights on a 2^-8 grid, so both give the same currents (checked).
 
-Model, per image: event time = a * elements + b * adds + b_lin * adds + c * ranges + m *
-merges, where elements are the input's (scanned to list the spikes), adds are the 16-float
-vector additions (per spike, one per 16 outputs it feeds; b for convolutions, b_lin for
-linear layers, whose weights of 1-8 MB do not stay in cache), ranges are (output pixel,
-128-output block) pairs (each sums one contiguous range of the spike lists in registers)
-and merges are (output row, pooled column, kernel row) triples (the lists of the rows an
-output row reads are merged so that each output pixel's spikes form one range; none for a
-linear layer, whose one output pixel reads everything); dense time = d * macs + e * pooled
-(the multiply-adds, and the pooling pass; d fitted apart for linear layers, whose GEMM runs
-at another speed). Fitted by least squares on absolute times, then expressed in units of b
-as in ``spikeconv.events``.
+Model, per image: event time = a * elements + b * adds + b_big * adds + c * ranges, where
+elements are the input's (scanned to list the spikes), adds are the 16-float vector
+additions (per spike, one per 16 outputs it feeds; b where the weights fit in 1 MiB, the L2
+cache of a core here, b_big for larger ones, the 8 MB of two linear layers) and ranges are
+(output pixel, 128-output block) pairs (each sums one contiguous range of spike lists, made
+by merging, per output row, the lists of the KH rows it reads: a separate merge term, per
+output row, pooled column and kernel row, was collinear with this one and fitted no
+better); dense time = d * macs + e * pooled (the multiply-adds, and the pooling pass; d
+fitted apart for linear layers, whose GEMM runs at another speed). Fitted by least squares
+on absolute times, then expressed in units of b as in ``spikeconv.events``.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ import torch
 from torch import nn
 
 from spikeconv import _kernel
-from spikeconv.events import MIN_SPEEDUP
+from spikeconv.events import CACHED_WEIGHT_BYTES, MIN_SPEEDUP
 from spikeconv.io import write_json
 
 CONV_SHAPES = [  # (C_in, H, C_out, kernel, padding, pool): layers of the Yang, VGG and Rueckauer nets and wider ones
@@ -74,12 +73,11 @@ def time_layer(layer: nn.Module, c_in: int, size: int, pool: int, padding: int, 
         out_size = p + 2 * padding - kernel + 1
         fan = out_size**2 * kernel**2 / p**2
         ranges = out_size**2 * -(-c_out // 128)
-        merges = out_size * p * kernel
     else:
         kernel = p
         weight = layer.weight.detach().view(c_out, c_in, p, p).permute(2, 3, 1, 0)
         fan = 1.0
-        ranges, merges = -(-c_out // 128), 0
+        ranges = -(-c_out // 128)
     weight = (weight / pool**2).contiguous()
     spikes = (torch.rand(BATCH, c_in, size, size) < rate).float().contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
@@ -98,7 +96,7 @@ def time_layer(layer: nn.Module, c_in: int, size: int, pool: int, padding: int, 
         "layer": type(layer).__name__, "c_in": c_in, "size": size, "c_out": c_out, "kernel": kernel, "pool": pool,
         "rate": rate, "fan": fan, "dense_s": t_dense / BATCH, "event_s": t_event / BATCH, "speedup": t_dense / t_event,
         "elements": elements, "adds": float(spikes.sum()) / BATCH * fan * c_out / 16,
-        "ranges": ranges, "merges": merges, "macs": elements * fan * c_out / pool**2, "pooled": elements * (pool > 1),
+        "ranges": ranges, "weight_bytes": weight.numel() * 4, "macs": elements * fan * c_out / pool**2, "pooled": elements * (pool > 1),
     }  # fmt: skip
 
 
@@ -121,19 +119,19 @@ def main() -> None:
             print(f"{row['layer']} C={c_in} H={size} C_out={row['c_out']} k={row['kernel']} pool={pool} rate={rate}: "
                   f"dense {row['dense_s'] * 1e6:.1f} us, event {row['event_s'] * 1e6:.1f} us per image, "
                   f"{row['speedup']:.2f}x", flush=True)  # fmt: skip
-    # event = a * elements + (b or b_lin) * adds + c * ranges + m * merges; dense = (d or d_lin) * macs + e * pooled
-    linear = [r["layer"] == "Linear" for r in rows]
-    terms = np.array([[r["elements"], r["adds"] * (not lin), r["adds"] * lin, r["ranges"], r["merges"]] for r, lin in zip(rows, linear)])
-    (a, b, b_lin, c, m), *_ = np.linalg.lstsq(terms, [r["event_s"] for r in rows], rcond=None)
+    # event = a * elements + (b or b_big) * adds + c * ranges; dense = (d or d_lin) * macs + e * pooled
+    big = [r["weight_bytes"] > CACHED_WEIGHT_BYTES for r in rows]
+    terms = np.array([[r["elements"], r["adds"] * (not g), r["adds"] * g, r["ranges"]] for r, g in zip(rows, big)])
+    (a, b, b_big, c), *_ = np.linalg.lstsq(terms, [r["event_s"] for r in rows], rcond=None)
     convs = [r for r in rows if r["layer"] == "Conv2d"]
     (d, e), *_ = np.linalg.lstsq(np.array([[r["macs"], r["pooled"]] for r in convs]), [r["dense_s"] for r in convs], rcond=None)
     linears = [r for r in rows if r["layer"] == "Linear"]
     (d_lin,), *_ = np.linalg.lstsq(np.array([[r["macs"]] for r in linears]), [r["dense_s"] - e * r["pooled"] for r in linears], rcond=None)
     for r in rows:
         mac = d if r["layer"] == "Conv2d" else d_lin
-        add = b if r["layer"] == "Conv2d" else b_lin
-        r["predicted_speedup"] = (mac * r["macs"] + e * r["pooled"]) / (a * r["elements"] + add * r["adds"] + c * r["ranges"] + m * r["merges"])
-    fit = {"scan_cost": a / b, "linear_add_cost": b_lin / b, "range_cost": c / b, "merge_cost": m / b, "mac_cost": d / b, "pool_cost": e / b,
+        add = b_big if r["weight_bytes"] > CACHED_WEIGHT_BYTES else b
+        r["predicted_speedup"] = (mac * r["macs"] + e * r["pooled"]) / (a * r["elements"] + add * r["adds"] + c * r["ranges"])
+    fit = {"scan_cost": a / b, "big_weights_add_cost": b_big / b, "range_cost": c / b, "mac_cost": d / b, "pool_cost": e / b,
            "linear_mac_cost": d_lin / b,
            "seconds_per_vector_add": b, "conv_gmac_per_s": 1e-9 / d, "linear_gmac_per_s": 1e-9 / d_lin}  # fmt: skip
     print("fit (costs in units of one vector add):", {k: float(f"{v:.4g}") for k, v in fit.items()})

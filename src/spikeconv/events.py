@@ -35,18 +35,18 @@ from .network import SpikingStage
 __all__ = ["EventSynapse", "event_synapses", "exact_sums", "predicted_speedup"]
 
 # Cost model, per input element, in units of one 16-float vector addition of the event path
-# (0.21 ns on the two cores), fitted to 70 timings of 14 layer shapes at rates 2.5-30 %
+# (0.22 ns on the two cores), fitted to 70 timings of 14 layer shapes at rates 2.5-30 %
 # (benchmarks/speed/event_costs.py -> event_costs.json)
-_SCAN_COST = 0.379  # listing the element's spike (AVX-512 compare and compress)
-_RANGE_COST = 5.68  # per (output pixel, 128-output block): sum one range of the lists in registers
-_MERGE_COST = 9.99  # per (output row, pooled column, kernel row): merge the lists an output row reads
-_LINEAR_ADD_COST = 1.96  # a vector addition in a linear layer: its 1-8 MB of weights stay out of cache
-_MAC_COST = 0.0411  # one multiply-add of the dense convolution (oneDNN, near peak)
-_LINEAR_MAC_COST = 0.0582  # one multiply-add of a dense linear layer
-_POOL_COST = 1.15  # the dense way's avg_pool2d pass
-# Events when the model predicts at least this speedup. On the 70 timings it picked 60, all
-# >= 1.24x faster in truth; it left dense none that events won by more than 1.25x.
-MIN_SPEEDUP = 1.1
+_SCAN_COST = 0.541  # listing the element's spike (AVX-512 compare and compress)
+_RANGE_COST = 42.6  # per (output pixel, 128-output block): merge the lists, sum one range in registers
+_BIG_WEIGHTS_ADD_COST = 2.29  # a vector addition when the weights exceed CACHED_WEIGHT_BYTES
+CACHED_WEIGHT_BYTES = 2**20  # the L2 cache of one core here: weights above it are read from L3
+_MAC_COST = 0.0419  # one multiply-add of the dense convolution (oneDNN, near peak)
+_LINEAR_MAC_COST = 0.0763  # one multiply-add of a dense linear layer
+_POOL_COST = 1.44  # the dense way's avg_pool2d pass
+# Events when the model predicts at least this speedup. On the 70 timings it picked 61, none
+# slower than dense (the closest 1.03x); it left dense none that events won by more than 1.25x.
+MIN_SPEEDUP = 1.2
 _SIGNIFICAND_BITS = {torch.float32: 24, torch.float64: 53}
 
 
@@ -96,30 +96,30 @@ class EventSynapse:
         ph, pw = h // self.pool, w // self.pool
         oh, ow = (ph + 2 * self.padding - kh) // self.stride + 1, (pw + 2 * self.padding - kw) // self.stride + 1
         fan = oh * ow * kh * kw / max(1, ph * pw)  # outputs each pooled input feeds (kernel taps)
-        # per image, see _kernel.event_conv (a linear layer's one output pixel merges nothing)
-        ranges, merges = oh * ow * -(-padded // 128), 0 if self.linear else oh * pw * kh
+        ranges = oh * ow * -(-padded // 128)  # per image, see _kernel.event_conv
         rate = total / max(1, spikes.numel())
         fits = _kernel.event_lists_fit(w, c, padded, self.pool, kh * kw)
         speedup = predicted_speedup(
             rate, fan, self.c_out, self.pool, linear=self.linear, event_c_out=padded,
-            ranges_per_element=ranges / (c * h * w), merges_per_element=merges / (c * h * w),
+            weight_bytes=self.weight.numel() * self.weight.element_size(),
+            ranges_per_element=ranges / (c * h * w),
         )  # fmt: skip
         return fits and speedup >= MIN_SPEEDUP
 
 
 def predicted_speedup(
-    rate: float, fan: float, c_out: int, pool: int, *, ranges_per_element: float, merges_per_element: float,
+    rate: float, fan: float, c_out: int, pool: int, *, ranges_per_element: float, weight_bytes: int,
     linear: bool = False, event_c_out: int | None = None,
 ) -> float:  # fmt: skip
     """Dense time over event time per input element, from the fitted cost model. ``fan``:
     how many output positions one (pooled) input feeds, KH * KW for a stride-1 convolution
-    and 1 for a linear layer; per input element, ``ranges_per_element`` (output pixel,
-    128-output block) pairs and ``merges_per_element`` (output row, pooled column, kernel
-    row) triples; ``event_c_out``: the outputs the event kernel computes (``c_out`` padded
-    to a multiple of 16; default ``c_out``)."""
-    mac, add = (_LINEAR_MAC_COST, _LINEAR_ADD_COST) if linear else (_MAC_COST, 1.0)
+    and 1 for a linear layer; ``ranges_per_element``: (output pixel, 128-output block)
+    pairs per input element; ``event_c_out``: the outputs the event kernel computes (``c_out`` padded
+    to a multiple of 16; default ``c_out``); ``weight_bytes``: the event kernel's weights."""
+    mac = _LINEAR_MAC_COST if linear else _MAC_COST
+    add = _BIG_WEIGHTS_ADD_COST if weight_bytes > CACHED_WEIGHT_BYTES else 1.0
     dense = fan * c_out / pool**2 * mac + (_POOL_COST if pool > 1 else 0.0)
-    lists = _SCAN_COST + _RANGE_COST * ranges_per_element + _MERGE_COST * merges_per_element
+    lists = _SCAN_COST + _RANGE_COST * ranges_per_element
     return dense / (lists + rate * fan * (event_c_out or c_out) / 16 * add)
 
 
