@@ -253,6 +253,10 @@ def test_event_conv_refuses_inputs_it_cannot_run_and_says_what_to_pass():
         _kernel.event_conv(spikes, torch.zeros(3, 3, 4, 24), None, pool=1, stride=1, padding=1)
     with pytest.raises(ValueError, match=r"\[KH, KW, 4, C_out\]"):
         _kernel.event_conv(spikes, torch.zeros(3, 3, 5, 32), None, pool=1, stride=1, padding=1)
+    with pytest.raises(ValueError, match=r"out must be a float32 channels-last tensor of shape \[2, 32, 5, 5\]"):
+        _kernel.event_conv(spikes, weight, None, pool=1, stride=1, padding=1, out=torch.empty(2, 32, 5, 5))
+    out = torch.full((2, 32, 5, 5), float("nan")).contiguous(memory_format=torch.channels_last)
+    assert _kernel.event_conv(spikes, weight, None, pool=1, stride=1, padding=1, out=out) is out and not out.isnan().any()
     assert _kernel.event_lists_fit(32, 64, 512, 1, 9) and not _kernel.event_lists_fit(2**16, 2**8, 2**7, 1, 9)
     assert not _kernel.event_lists_fit(8, 512, 512, 1, 2**13)  # a large kernel alone overflows
     wide = torch.zeros(1, 1, 1, 2**17).contiguous(memory_format=torch.channels_last)  # 2^17 x 1 x 2^14 = 2^31

@@ -146,11 +146,13 @@ IF_KERNEL(if_recurrence_f64, if_block_f64, double)
 /* Event-driven synapse: an optional k x k average pool (stride k) then a convolution
    (groups 1, dilation 1), over binary spikes x [images][H][W][C] (channels-last), into
    out [images][OH][OW][CO] (channels-last). Each image's spikes are first listed per
-   pooled pixel, row by row; each output pixel then adds, for each of the KH kernel rows,
-   the weight rows w[ky][kx][c][:] (already divided by k * k) of the spikes in one
-   contiguous range of that list. The sums run in a different order from a dense
-   convolution's, so the caller uses this only where every partial sum is exact. CO is a
-   multiple of 16 (one 64-byte vector per 16 outputs), summed 128 outputs at a time. */
+   pooled pixel, row by row; per output row, the lists of the KH pooled rows it reads are
+   merged column by column, so that each output pixel adds the weight rows w[ky][kx][c][:]
+   (already divided by k * k) of one contiguous range of spikes. A kernel over the whole
+   map (a linear layer) adds the whole list. The sums run in a different order from a
+   dense convolution's, so the caller uses this only where every partial sum is exact. CO
+   is a multiple of 16 (one 64-byte vector per 16 outputs; the caller pads), summed 128
+   outputs at a time. */
 typedef float v16f __attribute__((vector_size(64)));
 typedef int32_t v16i __attribute__((vector_size(64)));
 static inline v16f load16(const float *p) { v16f v; memcpy(&v, p, sizeof v); return v; }

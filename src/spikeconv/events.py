@@ -13,7 +13,8 @@ power-of-two grid; networks with unrounded float weights keep the dense convolut
 It pays only when the input is sparse and the layer is wide. Per input element, with fan
 the outputs one (pooled) input feeds (KH * KW for a stride-1 convolution, 1 for a linear
 layer), the dense way does fan * C_out / pool^2 multiply-adds; the event way scans the
-element and, per spike, adds fan * C_out / 16 vectors of 16 weights. A chunk of steps goes
+element and, per spike, adds fan * C_out / 16 vectors of 16 weights (C_out padded to a
+multiple of 16), plus a cost per output pixel. A chunk of steps goes
 the event way when a cost model of the two, fitted to timings on this machine's two cores
 (benchmarks/speed/event_costs.py), predicts it at least :data:`MIN_SPEEDUP` times faster at
 the input's measured spike rate. Linear layers (after an optional pool and flatten) run
