@@ -88,12 +88,12 @@ def test_exact_sums_needs_a_power_of_two_grid_and_headroom():
 
 
 def test_cost_model_prefers_events_only_for_sparse_input():
-    per_element = dict(ranges_per_element=8 * 8 / (24 * 24 * 12))
-    yang_conv2 = dict(fan=8 * 8 * 25 / 12**2, c_out=64, pool=2, weight_bytes=5 * 5 * 12 * 64 * 4, **per_element)
+    yang_conv2 = {"fan": 8 * 8 * 25 / 12**2, "c_out": 64, "pool": 2, "weight_bytes": 5 * 5 * 12 * 64 * 4,
+                  "ranges_per_element": 8 * 8 / (24 * 24 * 12)}  # fmt: skip
     assert predicted_speedup(0.05, **yang_conv2) > events.MIN_SPEEDUP  # at its measured rate
     assert predicted_speedup(0.5, **yang_conv2) < 1
     rates = [0.01, 0.05, 0.1, 0.3, 1.0]
-    shape = dict(ranges_per_element=1 / 64, weight_bytes=3 * 3 * 64 * 64 * 4)  # 3x3 conv, 'same' padding, 64 -> 64
+    shape = {"ranges_per_element": 1 / 64, "weight_bytes": 3 * 3 * 64 * 64 * 4}  # 3x3 conv, 'same' padding, 64 -> 64
     speedups = [predicted_speedup(r, 9, 64, 1, **shape) for r in rates]
     assert speedups == sorted(speedups, reverse=True)
 

@@ -71,7 +71,7 @@ def test_sums_held_back_and_flushed_at_any_point_give_the_same_result(monkeypatc
     module = sys.modules["spikeconv.simulate"]  # the package's `simulate` is the function
     snn = _convert("subtract", dtype=torch.float32)
     images, labels = random_images(16, seed=3, dtype=torch.float32), torch.arange(16) % 10
-    run = lambda: spikeconv.simulate(snn, (images, labels), T=30, memory_bytes=1, record_trains=True)  # noqa: E731
+    run = lambda: spikeconv.simulate(snn, (images, labels), T=30, memory_bytes=1, record_trains=True)
     held = run()
     monkeypatch.setattr(module, "_PENDING_ELEMENTS", 1)
     flushed = run()

@@ -82,7 +82,7 @@ class EventSynapse:
 
     def output_like(self, spikes: Tensor) -> Tensor:
         """An empty tensor the kernel can write this synapse's current for ``spikes`` into."""
-        c, h, w = (*spikes.shape[1:], 1, 1)[:3]
+        h, w = (*spikes.shape[2:], 1, 1)[:2]
         kh, kw, _, padded = self.weight.shape
         oh = (h // self.pool + 2 * self.padding - kh) // self.stride + 1
         ow = (w // self.pool + 2 * self.padding - kw) // self.stride + 1
