@@ -154,7 +154,7 @@ IF_KERNEL(if_recurrence_f64, if_block_f64, double)
    is a multiple of 16 (one 64-byte vector per 16 outputs; the caller pads), summed 128
    outputs at a time. */
 typedef float v16f __attribute__((vector_size(64)));
-typedef int32_t v16i __attribute__((vector_size(64)));
+typedef uint32_t v16u __attribute__((vector_size(64)));  /* unsigned: wrapping, never UB, on the slack */
 static inline v16f load16(const float *p) { v16f v; memcpy(&v, p, sizeof v); return v; }
 
 /* Lists one image's spikes x [H][W][C] per pooled pixel (py, px), row by row: offsets[py *
@@ -272,9 +272,9 @@ int event_conv_f32(const float *x, int64_t H, int64_t W, int64_t C, int64_t k,
                        of slack): a pixel rarely holds more, so this branch predicts well */
                     int32_t j = 0;
                     do {
-                        v16i chunk;
+                        v16u chunk;
                         memcpy(&chunk, rows + from + j, sizeof chunk);
-                        chunk += shift;
+                        chunk += (uint32_t)shift;
                         memcpy(merged + n + j, &chunk, sizeof chunk);
                         j += 16;
                     } while (j < count);

@@ -115,8 +115,9 @@ def predicted_speedup(
     """Dense time over event time per input element, from the fitted cost model. ``fan``:
     how many output positions one (pooled) input feeds, KH * KW for a stride-1 convolution
     and 1 for a linear layer; ``ranges_per_element``: (output pixel, 128-output block)
-    pairs per input element; ``event_c_out``: the outputs the event kernel computes (``c_out`` padded
-    to a multiple of 16; default ``c_out``); ``weight_bytes``: the event kernel's weights."""
+    pairs per input element; ``weight_bytes``: the size of the event kernel's weights;
+    ``event_c_out``: the outputs the event kernel computes (``c_out`` padded to a multiple
+    of 16; default ``c_out``)."""
     mac = _LINEAR_MAC_COST if linear else _MAC_COST
     add = _BIG_WEIGHTS_ADD_COST if weight_bytes > CACHED_WEIGHT_BYTES else 1.0
     dense = fan * c_out / pool**2 * mac + (_POOL_COST if pool > 1 else 0.0)
@@ -162,8 +163,8 @@ def event_synapses(
 ) -> dict[int, EventSynapse]:
     """The stages whose synapse can run event by event with exactly the dense result:
     ``[AvgPool2d(k, stride k)] -> Conv2d`` (groups 1, dilation 1, zero padding) or
-    ``[AvgPool2d(k, stride k)] -> [Flatten] -> Linear``, reading one spiking stage, with exact sums (:func:`exact_sums`); float32 on
-    the CPU with the compiled kernel. ``shapes``: each stage's output shape per image.
+    ``[AvgPool2d(k, stride k)] -> [Flatten] -> Linear``, reading one spiking stage, with
+    exact sums (:func:`exact_sums`); float32 on the CPU with the compiled kernel. ``shapes``: each stage's output shape per image.
     ``{stage index: synapse}``."""
     if dtype != torch.float32 or device.type != "cpu" or not _kernel.available():
         return {}

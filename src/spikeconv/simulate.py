@@ -400,18 +400,23 @@ def _run_fast(
                 membranes = None
             else:
                 reuse = not stage.is_output  # the readout keeps the output stage's spikes
+                spikes_out = None
                 if index in constant_current:
                     c = constant_current[index]
                     # stride 0 over time even for one step: the kernel then writes its spikes
                     # to another tensor instead of over the shared constant current
                     current = c.as_strided((steps, *c.shape), (0, *c.stride()))
                     if reuse:
-                        spikes_out = buffers.setdefault(index, _kernel.steps_like(c, chunk))[:steps]
+                        if index not in buffers:
+                            buffers[index] = _kernel.steps_like(c, chunk)
+                        spikes_out = buffers[index][:steps]
                 else:
                     flat = [layout[index](i.flatten(0, 1)) for i in inputs]
                     event = events.get(index)
                     if event is not None and event.preferred(flat[0], totals[stage.source_indices(index)[0]]):
-                        out = buffers.setdefault(index, event.output_like(flat[0]))[: len(flat[0])] if reuse else None
+                        if reuse and index not in buffers:
+                            buffers[index] = event.output_like(flat[0])
+                        out = buffers[index][: len(flat[0])] if reuse else None
                         current = event(flat[0], out=out)  # exactly the dense current, sooner on sparse spikes
                     else:
                         current = stage.synapse(*flat)
@@ -419,9 +424,8 @@ def _run_fast(
                     if any(_shares_memory(current, i) for i in inputs):  # an identity synapse: the kernel
                         current = current.clone()  # writes spikes into `current`, which must not be an input
                 spikes, membranes, state[index], counts = _recurrence(
-                    stage, current, state[index], snn, fixed, generators[1], use_kernel=use_kernel,
-                    spikes_out=spikes_out if index in constant_current and reuse else None,
-                )  # fmt: skip
+                    stage, current, state[index], snn, fixed, generators[1], use_kernel=use_kernel, spikes_out=spikes_out
+                )
             if membranes is not None:
                 readout.update(spikes, membranes)
             acc.add_layer(index, spikes, start, counts)
@@ -499,8 +503,10 @@ class _Accumulator:
         self.input_spikes = torch.zeros(batch, dtype=torch.float64, device=device)
         self.counts: list[Tensor | None] = [None] * layers if counts else []
         self.trains: list[list[Tensor]] = [[] for _ in range(layers)] if trains else []
-        # per layer: the first step and the [steps, B] spike sums not yet added (see flush)
-        self._pending: list[tuple[int, list[Tensor]]] = [(0, []) for _ in range(layers)]
+        # per layer: the [steps, B] spike sums not yet added, their first step and elements (_flush)
+        self._pending: list[list[Tensor]] = [[] for _ in range(layers)]
+        self._pending_first = [0] * layers
+        self._pending_elements = [0] * layers
 
     def add_input(self, spikes: Tensor) -> None:
         self.input_spikes += spikes.flatten(2).sum((0, 2), dtype=torch.float64)
@@ -510,12 +516,11 @@ class _Accumulator:
         ``counts`` ``[steps, B]``: their sums per step and image when already known."""
         if counts is None:
             counts = spikes.flatten(2).sum(2, dtype=torch.float64)
-        first, parts = self._pending[index]
-        if not parts:
-            first = start
-        parts.append(counts)
-        self._pending[index] = (first, parts)
-        if sum(part.numel() for part in parts) >= _PENDING_ELEMENTS:
+        if not self._pending[index]:
+            self._pending_first[index] = start
+        self._pending[index].append(counts)
+        self._pending_elements[index] += counts.numel()
+        if self._pending_elements[index] >= _PENDING_ELEMENTS:
             self._flush(index)
         if self.counts:
             per_neuron = spikes.sum(0)
@@ -527,12 +532,11 @@ class _Accumulator:
     def _flush(self, index: int) -> None:
         """Adds layer ``index``'s pending sums: in bulk, as per chunk the small ops cost
         more than the sums (measured: 4.5 ms of the Yang net's 113 ms at T = 100, batch 100)."""
-        first, parts = self._pending[index]
-        if parts:
-            counts = torch.cat(parts)
+        if self._pending[index]:
+            counts, first = torch.cat(self._pending[index]), self._pending_first[index]
             self.step_spikes[first : first + len(counts)] += counts.sum(1)
             self.layer_spikes[index] += counts.sum(0)
-            self._pending[index] = (0, [])
+            self._pending[index], self._pending_elements[index] = [], 0
 
     def finish(self, readout: _Readout) -> _BatchRecord:
         readout.flush()
