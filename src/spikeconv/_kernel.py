@@ -159,8 +159,8 @@ static inline v16f load16(const float *p) { v16f v; memcpy(&v, p, sizeof v); ret
 
 /* Lists one image's spikes x [H][W][C] per pooled pixel (py, px), row by row: offsets[py *
    PW + px] is where the pixel's entries start in rows, and each entry is the spike's weight
-   offset (px * C + c) * CO, plus py * row_shift. table[j] = (j % C) * CO for the k * C elements of one pooled
-   pixel's input row. With AVX-512 each 16 elements are one compare and one compress (the
+   offset (px * C + c) * CO, plus py * row_shift. table[j] = (j % C) * CO for the k * C
+   elements of one pooled pixel's input row. With AVX-512 each 16 elements are one compare and one compress (the
    scalar loop cost 4.6 vector additions per element, most of the synapse's time at 5 %
    spikes); rows needs 16 entries of slack for the whole-vector stores. */
 static void list_spikes(const float *xi, int64_t W, int64_t C, int64_t k, int64_t CO, int64_t PH,
@@ -239,9 +239,10 @@ int event_conv_f32(const float *x, int64_t H, int64_t W, int64_t C, int64_t k,
     int32_t *offsets = malloc((PH * PW + 1) * sizeof(int32_t));
     int32_t *rows = malloc((H * W * C + 16) * sizeof(int32_t));  /* + 16: whole-vector stores */
     int32_t *table = malloc((k * C + 16) * sizeof(int32_t));
-    int32_t *merged = malloc((KH * k * W * C + 16) * sizeof(int32_t));
-    int32_t *columns = malloc((PW + 1) * sizeof(int32_t));
-    failed = !offsets || !rows || !table || !merged || !columns;
+    /* per output row: the merged lists of its KH pooled rows (not for a whole-map kernel) */
+    int32_t *merged = whole_map ? 0 : malloc((KH * k * W * C + 16) * sizeof(int32_t));
+    int32_t *columns = whole_map ? 0 : malloc((PW + 1) * sizeof(int32_t));
+    failed = !offsets || !rows || !table || (!whole_map && (!merged || !columns));
     if (table) for (int64_t j = 0; j < k * C; ++j) table[j] = (int32_t)((j % C) * CO);
 #pragma omp for schedule(static)
     for (int64_t i = i0; i < i1; ++i) {
@@ -453,7 +454,7 @@ def event_conv(
             f"event_conv's int32 spike lists cannot index a {kh}x{kw} kernel over {w // pool} pooled columns x {c} "
             f"channels x {co} outputs: use the dense layer"
         )
-    oh, ow = (h // pool + 2 * padding - kh) // stride + 1, (w // pool + 2 * padding - kw) // stride + 1
+    oh, ow = event_output_size(h, w, kh, kw, pool=pool, stride=stride, padding=padding)
     if out is None:
         out = torch.empty((n, co, oh, ow), dtype=torch.float32, memory_format=torch.channels_last)
     elif out.shape != (n, co, oh, ow) or out.dtype != torch.float32 or not out.is_contiguous(memory_format=torch.channels_last):
@@ -467,6 +468,12 @@ def event_conv(
     if failed:
         raise MemoryError("event_conv could not allocate its spike lists")
     return out
+
+
+def event_output_size(h: int, w: int, kh: int, kw: int, *, pool: int, stride: int, padding: int) -> tuple[int, int]:
+    """The output map of :func:`event_conv` on ``h`` x ``w`` inputs: a ``kh`` x ``kw``
+    convolution after a ``pool`` x ``pool`` average pool."""
+    return (h // pool + 2 * padding - kh) // stride + 1, (w // pool + 2 * padding - kw) // stride + 1
 
 
 def event_lists_fit(width: int, channels: int, c_out: int, pool: int, taps: int) -> bool:

@@ -84,8 +84,7 @@ class EventSynapse:
         """An empty tensor the kernel can write this synapse's current for ``spikes`` into."""
         h, w = (*spikes.shape[2:], 1, 1)[:2]
         kh, kw, _, padded = self.weight.shape
-        oh = (h // self.pool + 2 * self.padding - kh) // self.stride + 1
-        ow = (w // self.pool + 2 * self.padding - kw) // self.stride + 1
+        oh, ow = _kernel.event_output_size(h, w, kh, kw, pool=self.pool, stride=self.stride, padding=self.padding)
         return torch.empty((spikes.shape[0], padded, oh, ow), dtype=torch.float32, memory_format=torch.channels_last)
 
     def preferred(self, spikes: Tensor, total: float) -> bool:
@@ -95,7 +94,7 @@ class EventSynapse:
         c, h, w = (*spikes.shape[1:], 1, 1)[:3]
         kh, kw, _, padded = self.weight.shape
         ph, pw = h // self.pool, w // self.pool
-        oh, ow = (ph + 2 * self.padding - kh) // self.stride + 1, (pw + 2 * self.padding - kw) // self.stride + 1
+        oh, ow = _kernel.event_output_size(h, w, kh, kw, pool=self.pool, stride=self.stride, padding=self.padding)
         fan = oh * ow * kh * kw / max(1, ph * pw)  # outputs each pooled input feeds (kernel taps)
         ranges = oh * ow * -(-padded // 128)  # per image, see _kernel.event_conv
         rate = total / max(1, spikes.numel())
