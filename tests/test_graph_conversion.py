@@ -13,7 +13,13 @@ from torch import nn
 import spikeconv
 from spikeconv import UnsupportedModelError
 from spikeconv.graph import ChannelAffine, Scale, fold_batchnorm
-from spikeconv.models import ding_cnn, preact_resnet18, rueckauer_cifar10, vgg16
+from spikeconv.models import (
+    ding_cnn,
+    preact_resnet18,
+    rueckauer_cifar10,
+    vgg16,
+    vgg_small,
+)
 from spikeconv.neurons import GateParams, maxpool_gate
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -47,6 +53,7 @@ ZOO_CASES = {
     "rueckauer-cifar10": (lambda: rueckauer_cifar10(width=0.125), (3, 32, 32), 0.08),
     "ding": (lambda: ding_cnn(width=0.25), (1, 28, 28), 0.02),
     "vgg16": (lambda: vgg16(width=1 / 32), (3, 32, 32), 0.03),
+    "vgg-small": (vgg_small, (3, 32, 32), 0.01),
     "preact-resnet18": (lambda: preact_resnet18(width=1 / 32), (3, 32, 32), 0.02),
 }
 

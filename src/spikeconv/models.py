@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "ZOO", "ZooEntry", "build_model", "yang_mnist", "yang_svhn", "yang_cifar10", "digits_net", "rueckauer_cifar10",
-    "ding_cnn", "vgg16", "preact_resnet18", "PreActBlock", "PreActResNet",
+    "ding_cnn", "vgg16", "vgg_small", "preact_resnet18", "PreActBlock", "PreActResNet",
 ]  # fmt: skip
 
 
@@ -125,6 +125,16 @@ def vgg16(width: float = 1.0, num_classes: int = 10) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def vgg_small() -> nn.Sequential:
+    """A small VGG-style net for 3x32x32 inputs (the speed benchmark's VGG-style network):
+    two 3x3 convs per block (16 then 32 channels), 2x2 average pooling, FC-128, FC-10."""
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 8 * 8, 128), nn.ReLU(), nn.Linear(128, 10),
+    )  # fmt: skip
+
+
 class PreActBlock(nn.Module):
     """Pre-activation residual block (He et al. 2016b): BN-ReLU-conv3, BN-ReLU-conv3, plus
     the shortcut (identity, or a strided 1x1 conv of the first BN-ReLU's output)."""
@@ -193,6 +203,7 @@ ZOO: dict[str, ZooEntry] = {
     "rueckauer-cifar10": ZooEntry(build=rueckauer_cifar10, input_shape=(3, 32, 32), dataset="cifar10"),
     "ding-mnist": ZooEntry(build=ding_cnn, input_shape=(1, 28, 28), dataset="mnist"),
     "vgg16": ZooEntry(build=vgg16, input_shape=(3, 32, 32), dataset="cifar10"),
+    "vgg-small": ZooEntry(build=vgg_small, input_shape=(3, 32, 32), dataset="cifar10"),
     "preact-resnet18": ZooEntry(build=preact_resnet18, input_shape=(3, 32, 32), dataset="cifar10"),
 }
 
