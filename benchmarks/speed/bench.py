@@ -381,7 +381,8 @@ def memory_child(networks_file: Path, name: str, key: str, T: int, batch: int) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "datasets")
-    parser.add_argument("--checkpoint", type=Path, default=ROOT / "benchmarks" / "runs" / "yang-mnist.pt")
+    parser.add_argument("--checkpoint", type=Path, default=ROOT / "benchmarks" / "runs" / "yang-mnist.pt",
+                        help="the Yang MNIST net; the CIFAR-10 nets' checkpoints are read from the same folder")
     parser.add_argument("--repeats", type=int, default=2, help="runs per contender and size; the best is kept")
     parser.add_argument("--peer-budget", type=float, default=3e4,
                         help="largest T x batch run with the step-by-step contenders (they are slow)")
