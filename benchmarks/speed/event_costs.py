@@ -31,7 +31,12 @@ import torch
 from torch import nn
 
 from spikeconv import _kernel
-from spikeconv.events import CACHED_WEIGHT_BYTES, MIN_SPEEDUP
+from spikeconv.events import (
+    CACHED_WEIGHT_BYTES,
+    MIN_SPEEDUP,
+    EventCosts,
+    predicted_speedup,
+)
 from spikeconv.io import write_json
 
 CONV_SHAPES = [  # (C_in, H, C_out, kernel, padding, pool): layers of the Yang, VGG and Rueckauer nets and wider ones
@@ -127,12 +132,15 @@ def main() -> None:
     (d, e), *_ = np.linalg.lstsq(np.array([[r["macs"], r["pooled"]] for r in convs]), [r["dense_s"] for r in convs], rcond=None)
     linears = [r for r in rows if r["layer"] == "Linear"]
     (d_lin,), *_ = np.linalg.lstsq(np.array([[r["macs"]] for r in linears]), [r["dense_s"] - e * r["pooled"] for r in linears], rcond=None)
-    for r in rows:
-        mac = d if r["layer"] == "Conv2d" else d_lin
-        add = b_big if r["weight_bytes"] > CACHED_WEIGHT_BYTES else b
-        r["predicted_speedup"] = (mac * r["macs"] + e * r["pooled"]) / (a * r["elements"] + add * r["adds"] + c * r["ranges"])
-    fit = {"scan_cost": a / b, "big_weights_add_cost": b_big / b, "range_cost": c / b, "mac_cost": d / b, "pool_cost": e / b,
-           "linear_mac_cost": d_lin / b,
+    costs = EventCosts(scan=a / b, range=c / b, big_weights_add=b_big / b, mac=d / b, linear_mac=d_lin / b, pool=e / b)
+    for r in rows:  # the runtime's model (spikeconv.events.predicted_speedup) with this fit
+        r["predicted_speedup"] = predicted_speedup(
+            r["adds"] * 16 / (r["elements"] * r["fan"] * r["c_out"]), r["fan"], r["c_out"], r["pool"],
+            ranges_per_element=r["ranges"] / r["elements"], weight_bytes=r["weight_bytes"],
+            linear=r["layer"] == "Linear", costs=costs,
+        )  # fmt: skip
+    fit = {"scan_cost": costs.scan, "big_weights_add_cost": costs.big_weights_add, "range_cost": costs.range,
+           "mac_cost": costs.mac, "pool_cost": costs.pool, "linear_mac_cost": costs.linear_mac,
            "seconds_per_vector_add": b, "conv_gmac_per_s": 1e-9 / d, "linear_gmac_per_s": 1e-9 / d_lin}  # fmt: skip
     print("fit (costs in units of one vector add):", {k: float(f"{v:.4g}") for k, v in fit.items()})
     picked = [r for r in rows if r["predicted_speedup"] >= MIN_SPEEDUP]

@@ -33,18 +33,27 @@ from . import _kernel
 from .graph import Flatten, _pair
 from .network import SpikingStage
 
-__all__ = ["EventSynapse", "event_synapses", "exact_sums", "predicted_speedup"]
+__all__ = ["COSTS", "EventCosts", "EventSynapse", "event_synapses", "exact_sums", "predicted_speedup"]
 
-# Cost model, per input element, in units of one 16-float vector addition of the event path
-# (0.22 ns on the two cores), fitted to 70 timings of 14 layer shapes at rates 2.5-30 %
-# (benchmarks/speed/event_costs.py -> event_costs.json)
-_SCAN_COST = 0.541  # listing the element's spike (AVX-512 compare and compress)
-_RANGE_COST = 42.6  # per (output pixel, 128-output block): merge the lists, sum one range in registers
-_BIG_WEIGHTS_ADD_COST = 2.29  # a vector addition when the weights exceed CACHED_WEIGHT_BYTES
 CACHED_WEIGHT_BYTES = 2**20  # the L2 cache of one core here: weights above it are read from L3
-_MAC_COST = 0.0419  # one multiply-add of the dense convolution (oneDNN, near peak)
-_LINEAR_MAC_COST = 0.0763  # one multiply-add of a dense linear layer
-_POOL_COST = 1.44  # the dense way's avg_pool2d pass
+
+
+@dataclass(frozen=True)
+class EventCosts:
+    """The cost model's constants, per input element, in units of one 16-float vector
+    addition of the event path."""
+
+    scan: float  # listing the element's spike (AVX-512 compare and compress)
+    range: float  # per (output pixel, 128-output block): merge the lists, sum one range in registers
+    big_weights_add: float  # a vector addition when the weights exceed CACHED_WEIGHT_BYTES
+    mac: float  # one multiply-add of the dense convolution (oneDNN, near peak)
+    linear_mac: float  # one multiply-add of a dense linear layer
+    pool: float  # the dense way's avg_pool2d pass
+
+
+# Fitted to 70 timings of 14 layer shapes at rates 2.5-30 % (benchmarks/speed/event_costs.py
+# -> event_costs.json); one vector addition took 0.22 ns on the two cores.
+COSTS = EventCosts(scan=0.541, range=42.6, big_weights_add=2.29, mac=0.0419, linear_mac=0.0763, pool=1.44)
 # Events when the model predicts at least this speedup. On the 70 timings it picked 61, none
 # slower than dense (the closest 1.03x); it left dense none that events won by more than 1.25x.
 MIN_SPEEDUP = 1.2
@@ -109,18 +118,19 @@ class EventSynapse:
 
 def predicted_speedup(
     rate: float, fan: float, c_out: int, pool: int, *, ranges_per_element: float, weight_bytes: int,
-    linear: bool = False, event_c_out: int | None = None,
+    linear: bool = False, event_c_out: int | None = None, costs: EventCosts = COSTS,
 ) -> float:  # fmt: skip
     """Dense time over event time per input element, from the fitted cost model. ``fan``:
     how many output positions one (pooled) input feeds, KH * KW for a stride-1 convolution
     and 1 for a linear layer; ``ranges_per_element``: (output pixel, 128-output block)
     pairs per input element; ``weight_bytes``: the size of the event kernel's weights;
     ``event_c_out``: the outputs the event kernel computes (``c_out`` padded to a multiple
-    of 16; default ``c_out``)."""
-    mac = _LINEAR_MAC_COST if linear else _MAC_COST
-    add = _BIG_WEIGHTS_ADD_COST if weight_bytes > CACHED_WEIGHT_BYTES else 1.0
-    dense = fan * c_out / pool**2 * mac + (_POOL_COST if pool > 1 else 0.0)
-    lists = _SCAN_COST + _RANGE_COST * ranges_per_element
+    of 16; default ``c_out``); ``costs``: the model's constants (a fresh fit, in
+    benchmarks/speed/event_costs.py)."""
+    mac = costs.linear_mac if linear else costs.mac
+    add = costs.big_weights_add if weight_bytes > CACHED_WEIGHT_BYTES else 1.0
+    dense = fan * c_out / pool**2 * mac + (costs.pool if pool > 1 else 0.0)
+    lists = costs.scan + costs.range * ranges_per_element
     return dense / (lists + rate * fan * (event_c_out or c_out) / 16 * add)
 
 
