@@ -52,6 +52,25 @@ def test_event_conv_equals_pool_then_dense_conv_bit_for_bit(seed):
     assert torch.equal(event, dense)
 
 
+@pytest.mark.parametrize("c_in", [1, 12, 16, 20, 40])
+def test_scatter_path_equals_the_dense_convolution(c_in):
+    """The scatter path (16 outputs, stride 1, no pooling): channel counts that fill 1 to 64
+    entries of a spike's packed channel field, kernels of 1, 3, 5 and 2x4 taps, every
+    padding below the kernel size, spike rates from 2 to 50 %."""
+    torch.manual_seed(c_in)
+    for kh, kw in ((1, 1), (3, 3), (5, 5), (2, 4)):
+        for padding in range(min(kh, kw)):
+            conv = nn.Conv2d(c_in, 16, (kh, kw), padding=padding, bias=bool(padding % 2))
+            _round_parameters(conv)
+            weight = conv.weight.permute(2, 3, 1, 0).contiguous()
+            for rate in (0.02, 0.1, 0.5):
+                spikes = (torch.rand(5, c_in, 9, 11) < rate).float().contiguous(memory_format=torch.channels_last)
+                with torch.inference_mode():
+                    dense = conv(spikes)
+                    scattered = _kernel.event_conv(spikes, weight, conv.bias, pool=1, stride=1, padding=padding, scatter=True)
+                assert torch.equal(scattered, dense), (kh, kw, padding, rate)
+
+
 def test_event_conv_without_avx512_lists_the_same_spikes(monkeypatch):
     """The portable spike listing (a scalar loop, for CPUs without AVX-512) against the dense
     convolution, on pooled rows whose length is not a multiple of 16."""
@@ -66,6 +85,13 @@ def test_event_conv_without_avx512_lists_the_same_spikes(monkeypatch):
             weight = (conv.weight / pool**2).permute(2, 3, 1, 0).contiguous()
             event = _kernel.event_conv(spikes, weight, conv.bias, pool=pool, stride=1, padding=padding)
         assert torch.equal(event, dense), (c_in, pool)
+    conv = nn.Conv2d(20, 16, 3, padding=1)  # the scatter path's portable listing
+    _round_parameters(conv)
+    spikes = (torch.rand(5, 20, 12, 12) < 0.1).float().contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        weight = conv.weight.permute(2, 3, 1, 0).contiguous()
+        scattered = _kernel.event_conv(spikes, weight, conv.bias, pool=1, stride=1, padding=1, scatter=True)
+        assert torch.equal(scattered, conv(spikes))
 
 
 @given(st.lists(st.integers(-(2**20), 2**20), min_size=1, max_size=20), st.integers(0, 40))
@@ -167,6 +193,35 @@ def test_buffers_reused_over_time_chunks_of_unequal_length_keep_the_reference_sp
     for name in chunked.spike_trains:
         assert torch.equal(chunked.spike_trains[name], reference.spike_trains[name]), name
     assert torch.equal(chunked.output_counts, reference.output_counts)
+
+
+def test_sixteen_output_convolutions_scatter_at_low_rates_and_keep_the_reference_spikes(monkeypatch):
+    torch.manual_seed(5)
+    model = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 16, 5, padding=2), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 8 * 8, 5),
+    ).float().eval()  # fmt: skip
+    snn = spikeconv.convert(model, random_images(64, dtype=torch.float32), rule="maxnorm", reset="subtract")
+    _round_parameters(snn)
+    planned = _planned(snn)
+    assert planned[1].scatters and planned[2].scatters and not planned[3].scatters
+    monkeypatch.setattr(events, "MIN_SPEEDUP", 0.0)
+    monkeypatch.setattr(events, "SCATTER_MAX_RATE", 0.3)  # these inputs fire at about 10-40 %
+    calls: list[tuple[int, bool]] = []  # (kernel height, scattered)
+    original = _kernel.event_conv
+    monkeypatch.setattr(_kernel, "event_conv", lambda *a, **k: calls.append((a[1].shape[0], k["scatter"])) or original(*a, **k))
+    images = random_images(10, seed=2, dtype=torch.float32)
+    kwargs = {"T": 30, "coding": "constant", "record_trains": True}
+    fast = spikeconv.simulate(snn, images, **kwargs)
+    assert {scatter for kh, scatter in calls if kh in (3, 5)} == {True}, "a 16-output conv did not scatter"
+    assert {scatter for kh, scatter in calls if kh == 8} == {False}  # the linear output layer never does
+    calls.clear()
+    monkeypatch.setattr(events, "SCATTER_MAX_RATE", 0.0)
+    assert torch.equal(spikeconv.simulate(snn, images, **kwargs).output_counts, fast.output_counts)
+    assert calls and not any(scatter for _, scatter in calls)  # above the rate, outputs sum their spikes
+    reference = spikeconv.simulate(snn, images, method="reference", **kwargs)
+    for name in fast.spike_trains:
+        assert torch.equal(fast.spike_trains[name], reference.spike_trains[name]), name
 
 
 def test_fixed_point_networks_take_the_event_path_and_unrounded_ones_do_not(monkeypatch):

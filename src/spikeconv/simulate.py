@@ -413,11 +413,13 @@ def _run_fast(
                 else:
                     flat = [layout[index](i.flatten(0, 1)) for i in inputs]
                     event = events.get(index)
-                    if event is not None and event.preferred(flat[0], totals[stage.source_indices(index)[0]]):
+                    total = totals[stage.source_indices(index)[0]] if event is not None else 0.0
+                    if event is not None and event.preferred(flat[0], total):
                         if reuse and index not in buffers:
                             buffers[index] = event.output_like(flat[0])
                         out = buffers[index][: len(flat[0])] if reuse else None
-                        current = event(flat[0], out=out)  # exactly the dense current, sooner on sparse spikes
+                        # exactly the dense current, sooner on sparse spikes
+                        current = event(flat[0], out=out, rate=total / max(1, flat[0].numel()))
                     else:
                         current = stage.synapse(*flat)
                     current = current.unflatten(0, (steps, batch))
