@@ -246,15 +246,40 @@ def test_fixed_point_networks_take_the_event_path_and_unrounded_ones_do_not(monk
 
 def test_kernels_without_openmp_split_images_over_python_threads(monkeypatch):
     """The fallback when the compiler has no OpenMP: same results from Python threads."""
-    library = _kernel._load()
     snn = _grid_net()
     monkeypatch.setattr(events, "MIN_SPEEDUP", 0.0)
     images = random_images(12, seed=5, dtype=torch.float32)
     with_openmp = spikeconv.simulate(snn, images, T=20, record_trains=True)
-    monkeypatch.setattr(library, "spikeconv_openmp", lambda: 0)
+    monkeypatch.setattr(_kernel, "_has_openmp", lambda library: False)
+    pools: list[int] = []
+    executor = _kernel._executor
+    monkeypatch.setattr(_kernel, "_executor", lambda threads: pools.append(threads) or executor(threads))
     threads = spikeconv.simulate(snn, images, T=20, record_trains=True)
+    assert pools, "the kernels did not run on Python threads"
     for name in with_openmp.spike_trains:
         assert torch.equal(with_openmp.spike_trains[name], threads.spike_trains[name]), name
+
+
+def test_event_forms_are_kept_per_network_until_a_weight_changes_in_place(monkeypatch):
+    module = sys.modules["spikeconv.simulate"]
+    found: list[int] = []
+    monkeypatch.setattr(module, "event_synapses", lambda *a: found.append(1) or event_synapses(*a))
+    monkeypatch.setattr(events, "MIN_SPEEDUP", 0.0)
+    snn = _grid_net()
+    calls = _spy(monkeypatch)
+    images = random_images(6, seed=3, dtype=torch.float32)
+    first = spikeconv.simulate(snn, images, T=15, record_trains=True)
+    again = spikeconv.simulate(snn, images, T=15, record_trains=True)
+    assert len(found) == 1 and torch.equal(first.output_counts, again.output_counts)
+    assert 48 in calls
+    with torch.no_grad():  # off the grid: the 32 -> 48 conv's sums are no longer exact
+        snn.spiking_stages[2].synapse[0].weight[0, 0, 0, 0] += 1e-3
+    calls.clear()
+    changed = spikeconv.simulate(snn, images, T=15, record_trains=True)
+    assert len(found) == 2 and calls and 48 not in calls, "a stale event form ran after the weights changed"
+    reference = spikeconv.simulate(snn, images, T=15, record_trains=True, method="reference")
+    for name in changed.spike_trains:
+        assert torch.equal(changed.spike_trains[name], reference.spike_trains[name]), name
 
 
 def test_linear_layers_run_event_driven_only_on_flat_inputs():

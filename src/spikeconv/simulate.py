@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Any
@@ -216,7 +217,7 @@ def simulate(
                 shapes = [tuple(a.shape[1:]) for a in snn.analog_forward(x[:1])]
                 numels = [math.prod(shape) for shape in shapes]
                 use_events = event_driven and method == "fast"
-                events = event_synapses(stages, shapes, snn.dtype, device) if use_events else {}
+                events = _event_synapses(snn, shapes, device) if use_events else {}
             generators = (generator, softmax_generator)
             step_bytes = (int(x[0].numel()) + 2 * sum(numels)) * x.element_size()  # per image
             random_draws = coding == "poisson" or snn.readout == "softmax"
@@ -259,6 +260,24 @@ def simulate(
         spike_counts={n: cat([r.counts[i] for r in records]) for i, n in enumerate(names)} if record_counts else None,
         spike_trains={n: cat([r.trains[i] for r in records], 1) for i, n in enumerate(names)} if record_trains else None,
     )
+
+
+# The event form of each network's synapses, kept while the network lives and its weights
+# are unchanged: finding it checks every weight's grid (22 ms on the Rueckauer net), which
+# would otherwise be paid again by every simulate() call of a sweep.
+_EVENT_FORMS: weakref.WeakKeyDictionary[SpikingNetwork, tuple[tuple, dict[int, EventSynapse]]] = weakref.WeakKeyDictionary()
+
+
+def _event_synapses(snn: SpikingNetwork, shapes: list[tuple[int, ...]], device: torch.device) -> dict[int, EventSynapse]:
+    """:func:`spikeconv.events.event_synapses` of ``snn``, cached. The key holds every
+    parameter's and buffer's storage and version counter, so an in-place change of a weight (which
+    bumps its version) or a new weight tensor recomputes it."""
+    key = (tuple(shapes), snn.dtype, device, tuple((t.data_ptr(), t._version) for t in (*snn.parameters(), *snn.buffers())))
+    cached = _EVENT_FORMS.get(snn)
+    if cached is None or cached[0] != key:
+        cached = (key, event_synapses(snn.spiking_stages, shapes, snn.dtype, device))
+        _EVENT_FORMS[snn] = cached
+    return cached[1]
 
 
 def _fixed_point(snn: SpikingNetwork, bits: int, integer_bits: int | None) -> FixedPoint:
