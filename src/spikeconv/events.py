@@ -61,7 +61,8 @@ COSTS = EventCosts(scan=0.541, range=42.6, big_weights_add=2.29, mac=0.0419, lin
 # slower than dense (the closest 1.03x); it left dense none that events won by more than 1.25x.
 MIN_SPEEDUP = 1.2
 # 16-output convolutions scatter below this input spike rate (16 -> 16 3x3 on 32x32, 100
-# images: 1.8x at 3 %, 1.4x at 7 %, about 1x at 15 % against summing per output pixel)
+# images, best of 30, 2 threads: 1.6x at 3 %, 1.33x at 7 %, 0.97x at 15 % against summing
+# per output pixel)
 SCATTER_MAX_RATE = 0.1
 _SIGNIFICAND_BITS = {torch.float32: 24, torch.float64: 53}
 
