@@ -69,6 +69,13 @@ def test_scatter_path_equals_the_dense_convolution(c_in):
                     dense = conv(spikes)
                     scattered = _kernel.event_conv(spikes, weight, conv.bias, pool=1, stride=1, padding=padding, scatter=True)
                 assert torch.equal(scattered, dense), (kh, kw, padding, rate)
+    conv = nn.Conv2d(c_in, 16, 3, padding=1)  # pooled inputs: each spike adds its weights / 4
+    _round_parameters(conv)
+    spikes = (torch.rand(5, c_in, 10, 12) < 0.1).float().contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        dense = conv(nn.functional.avg_pool2d(spikes, 2))
+        weight = (conv.weight / 4).permute(2, 3, 1, 0).contiguous()
+        assert torch.equal(_kernel.event_conv(spikes, weight, conv.bias, pool=2, stride=1, padding=1, scatter=True), dense)
 
 
 def test_event_conv_without_avx512_lists_the_same_spikes(monkeypatch):
@@ -280,6 +287,11 @@ def test_event_forms_are_kept_per_network_until_a_weight_changes_in_place(monkey
     reference = spikeconv.simulate(snn, images, T=15, record_trains=True, method="reference")
     for name in changed.spike_trains:
         assert torch.equal(changed.spike_trains[name], reference.spike_trains[name]), name
+    conv = snn.spiking_stages[2].synapse[0]
+    conv.weight.data = _on_grid(conv.weight.detach().clone())  # a new tensor, back on the grid
+    calls.clear()
+    spikeconv.simulate(snn, images, T=15)
+    assert len(found) == 3 and 48 in calls, "a replaced weight tensor did not bring the event path back"
 
 
 def test_linear_layers_run_event_driven_only_on_flat_inputs():

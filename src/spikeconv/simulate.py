@@ -265,19 +265,24 @@ def simulate(
 # The event form of each network's synapses, kept while the network lives and its weights
 # are unchanged: finding it checks every weight's grid (22 ms on the Rueckauer net), which
 # would otherwise be paid again by every simulate() call of a sweep.
-_EVENT_FORMS: weakref.WeakKeyDictionary[SpikingNetwork, tuple[tuple, dict[int, EventSynapse]]] = weakref.WeakKeyDictionary()
+_EVENT_FORMS: weakref.WeakKeyDictionary[SpikingNetwork, tuple[tuple, list, dict[int, EventSynapse]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _event_synapses(snn: SpikingNetwork, shapes: list[tuple[int, ...]], device: torch.device) -> dict[int, EventSynapse]:
     """:func:`spikeconv.events.event_synapses` of ``snn``, cached. The key holds every
-    parameter's and buffer's storage and version counter, so an in-place change of a weight (which
-    bumps its version) or a new weight tensor recomputes it."""
-    key = (tuple(shapes), snn.dtype, device, tuple((t.data_ptr(), t._version) for t in (*snn.parameters(), *snn.buffers())))
+    parameter's and buffer's storage address and version counter, so an in-place change
+    (which bumps the version) or a new tensor recomputes it. The entry keeps the storages
+    alive, so that no new tensor can take over a cached address with an equal version."""
+    tensors = [*snn.parameters(), *snn.buffers()]
+    key = (tuple(shapes), snn.dtype, device, tuple((t.data_ptr(), t._version) for t in tensors))
     cached = _EVENT_FORMS.get(snn)
     if cached is None or cached[0] != key:
-        cached = (key, event_synapses(snn.spiking_stages, shapes, snn.dtype, device))
+        storages = [t.untyped_storage() for t in tensors]
+        cached = (key, storages, event_synapses(snn.spiking_stages, shapes, snn.dtype, device))
         _EVENT_FORMS[snn] = cached
-    return cached[1]
+    return cached[2]
 
 
 def _fixed_point(snn: SpikingNetwork, bits: int, integer_bits: int | None) -> FixedPoint:
