@@ -262,3 +262,30 @@ def test_layouts_compare_without_size_one_dimensions():
         one, v, mode="subtract", threshold=0.5, v_min=None, saturate=None, spikes=one.clone(), membranes=None
     )
     assert counts.shape == (6, 4)
+
+
+def test_device_argument_runs_where_named_and_refuses_unavailable_devices_by_name():
+    snn = _convert("subtract", dtype=torch.float32)
+    images = random_images(6, seed=1, dtype=torch.float32)
+    here = spikeconv.simulate(snn, images, T=20, device="cpu", record_trains=True)
+    _assert_same(here, spikeconv.simulate(snn, images, T=20, record_trains=True))
+    with pytest.raises(ValueError, match="device 'gpu0' is not a torch device"):
+        spikeconv.simulate(snn, images, T=5, device="gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device 'cuda' is not available.*simulate on 'cpu'"):
+            spikeconv.simulate(snn, images, T=5, device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_cuda_simulation_gives_the_cpu_spikes_on_exact_sums():
+    """Weights on a 2^-8 grid make every sum exact, so the GPU's summation order cannot
+    change a spike: the same spikes as the step-by-step reference on the CPU."""
+    snn = _convert("subtract", dtype=torch.float32, rule="maxnorm")
+    with torch.no_grad():
+        for p in snn.parameters():
+            p.copy_(torch.round(p * 256) / 256)
+    images = random_images(8, seed=2, dtype=torch.float32)
+    images = torch.round(images * 256) / 256
+    reference = spikeconv.simulate(snn, images, T=30, method="reference", record_trains=True)
+    on_gpu = spikeconv.simulate(snn, images, T=30, device="cuda", record_trains=True)
+    _assert_same(on_gpu, reference)

@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=100)
     p.add_argument("--test-size", type=_positive_int, default=None, help="a seeded subset of the test set")
     p.add_argument("--steps", type=_steps, default=None, help="steps to print, e.g. 10,20,50,100")
-    p.add_argument("--device", default=None, help="torch device, e.g. cuda")
+    p.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cpu)")
     p.add_argument(
         "--correlation-images", type=_positive_int, default=100,
         help="images for the per-layer correlation of firing rate with the normalized ANN activation",

@@ -192,7 +192,7 @@ def simulate(
     if not isinstance(snn, SpikingNetwork):
         raise TypeError(f"simulate() takes a SpikingNetwork from spikeconv.convert(), not {type(snn).__name__}")
     if device is not None:
-        snn = snn.to(device)
+        snn = snn.to(_available_device(device))
     fixed, zero_weights = None, None
     if fixed_point_bits is not None:
         fixed = _fixed_point(snn, fixed_point_bits, integer_bits)
@@ -268,6 +268,24 @@ def simulate(
 _EVENT_FORMS: weakref.WeakKeyDictionary[SpikingNetwork, tuple[tuple, list, dict[int, EventSynapse]]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+def _available_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device, or a ValueError that says why it cannot be used here
+    (torch's own errors name neither the argument nor what to pass instead)."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device {device!r} is not a torch device ({error}): pass e.g. 'cpu' or 'cuda'") from None
+    if parsed.type == "cuda" and not (torch.cuda.is_available() and (parsed.index or 0) < torch.cuda.device_count()):
+        raise ValueError(
+            f"device {device!r} is not available: this torch ({torch.__version__}) sees "
+            f"{torch.cuda.device_count() if torch.cuda.is_available() else 'no'} CUDA GPU(s); simulate on 'cpu' "
+            "(the default) or install a CUDA build of torch"
+        )
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} is not available on this machine: simulate on 'cpu' (the default)")
+    return parsed
 
 
 def _event_synapses(snn: SpikingNetwork, shapes: list[tuple[int, ...]], device: torch.device) -> dict[int, EventSynapse]:
