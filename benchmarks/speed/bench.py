@@ -5,7 +5,12 @@ Run in the benchmark environment made by ``setup.sh``, holding the CPU lock:
 
     flock /tmp/spikeconv-cpu.lock benchmarks/speed/.venv/bin/python benchmarks/speed/bench.py
 
-Writes ``benchmarks/speed/results.json``, ``docs/speed.md`` and ``docs/speed_*.png``.
+Writes ``benchmarks/speed/results.json``, ``docs/speed.md`` and ``docs/speed_*.png``. With
+``--device cuda`` every contender runs on the GPU (spikeconv then takes its tensor loop: its
+C kernels and event-driven synapses are CPU-only), the clock stops after
+``torch.cuda.synchronize()``, peak memory is ``torch.cuda.max_memory_allocated``, and the
+files are ``results_cuda.json``, ``docs/speed_cuda.md`` and ``docs/speed_cuda_*.png``. (Not
+yet run: no GPU has been lent to this project's sessions.)
 
 Networks: the trained Yang MNIST net (MNIST test images); the zoo's small VGG-style net
 ``vgg-small`` with seeded random weights on random images (``vgg-small-random``: it fires
@@ -48,6 +53,7 @@ every ReLU and on the output layer, at most one spike per step):
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import os
 import platform
@@ -72,6 +78,7 @@ from spikeconv.training import load_model
 
 ROOT = Path(__file__).resolve().parents[2]
 THREADS = 2
+CPU = torch.device("cpu")
 Runner = Callable[[Tensor, int], Tensor]  # (images [B, ...], T) -> output spike counts [B, classes]
 
 
@@ -200,7 +207,8 @@ def run_spikingjelly(ann: nn.Sequential, calibration: Tensor) -> Runner:
         if type(module).__name__ == "VoltageScaler":
             module.scale.fill_(1.0)  # the scales are already in the weights (see the module docstring)
             scalers += 1
-    snn = nn.Sequential(converted, neuron.IFNode(v_threshold=1.0, v_reset=None)).eval()
+    device = next(ann.parameters()).device
+    snn = nn.Sequential(converted, neuron.IFNode(v_threshold=1.0, v_reset=None)).eval().to(device)
     neurons = sum(isinstance(m, neuron.IFNode) for m in snn.modules())
 
     @torch.inference_mode()
@@ -256,7 +264,7 @@ def run_snntorch(ann: nn.Sequential) -> Runner:
         else:
             layers.append(module)
     layers.append(snntorch.Leaky(beta=1.0, threshold=1.0, reset_mechanism="subtract", init_hidden=True, spike_grad=_step_ge))
-    snn = nn.Sequential(*layers).eval()
+    snn = nn.Sequential(*layers).eval().to(next(ann.parameters()).device)
 
     @torch.inference_mode()
     def run(x: Tensor, T: int) -> Tensor:
@@ -317,12 +325,31 @@ class PeakRSS:
         self.peak_mib = (self._high - self._base) / 1024
 
 
+def _synchronize(x: Tensor) -> None:
+    """Wait for the GPU's queued work, so that the clock measures it (no-op on the CPU)."""
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+
+
 def measure(run: Runner, x: Tensor, T: int) -> tuple[float, Tensor]:
-    """Wall time (s) and output counts."""
+    """Wall time (s) and output counts (on the CPU)."""
     gc.collect()
+    _synchronize(x)
     started = time.perf_counter()
     out = run(x, T)
-    return time.perf_counter() - started, out
+    _synchronize(x)
+    return time.perf_counter() - started, out.cpu()
+
+
+def peak_cuda_memory(run: Runner, x: Tensor, T: int) -> float:
+    """Peak GPU memory (MiB) allocated by one run above what was allocated before it."""
+    gc.collect()
+    _synchronize(x)
+    torch.cuda.reset_peak_memory_stats(x.device)
+    base = torch.cuda.memory_allocated(x.device)
+    run(x, T)
+    _synchronize(x)
+    return (torch.cuda.max_memory_allocated(x.device) - base) / 2**20
 
 
 def peak_memory(run: Runner, x: Tensor, T: int) -> float:
@@ -339,19 +366,24 @@ ALWAYS_RUN = ("spikeconv", "spikeconv dense", "ANN limit")  # at every size; the
 
 
 def build_contenders(
-    ann: nn.Module, calibration: Tensor, input_shape: tuple[int, ...], keys: tuple[str, ...] = CONTENDERS
+    ann: nn.Module,
+    calibration: Tensor,
+    input_shape: tuple[int, ...],
+    keys: tuple[str, ...] = CONTENDERS,
+    device: torch.device = CPU,
 ) -> dict[str, Runner]:
-    """Every contender (or those in ``keys``), converted from the same spikeconv max-norm."""
-    snn = convert_spikeconv(ann, calibration)
-    norm = normalized_ann(snn)
+    """Every contender (or those in ``keys``), converted from the same spikeconv max-norm,
+    with its modules on ``device`` (``ann`` and ``calibration`` stay where they are)."""
+    snn = convert_spikeconv(ann, calibration).to(device)
+    norm = normalized_ann(snn)  # shares snn's synapse modules, so it is on the device too
     makers: dict[str, Callable[[], Runner]] = {
         "spikeconv": lambda: run_spikeconv(snn),
         "spikeconv dense": lambda: run_spikeconv(snn, event_driven=False),
         "plain loop": lambda: run_plain_loop(norm),
-        "SpikingJelly": lambda: run_spikingjelly(norm, calibration),
+        "SpikingJelly": lambda: run_spikingjelly(norm, calibration.to(device)),
         "sinabs": lambda: run_sinabs(norm, input_shape),
         "snnTorch": lambda: run_snntorch(norm),
-        "ANN limit": lambda: run_ann_limit(ann),
+        "ANN limit": lambda: run_ann_limit(copy.deepcopy(ann).to(device)),
     }
     return {key: makers[key]() for key in keys}
 
@@ -386,7 +418,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="runs per contender and size; the best is kept")
     parser.add_argument("--peer-budget", type=float, default=3e4,
                         help="largest T x batch run with the step-by-step contenders (they are slow)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "speed" / "results.json")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device for every contender, e.g. cuda (then the default files are "
+                             "results_cuda.json, docs/speed_cuda.md and docs/speed_cuda_*.png)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results JSON (default: benchmarks/speed/results.json, or results_<device>.json)")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script")
     parser.add_argument("--networks", default=None, help="comma-separated subset of the networks (default: all)")
@@ -401,6 +437,15 @@ def main() -> None:
     names = args.networks.split(",") if args.networks else list(NETWORKS)
     if unknown := set(names) - set(NETWORKS):
         parser.error(f"--networks: unknown {sorted(unknown)}; choose from {list(NETWORKS)}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        parser.error(f"--device {args.device!r}: {error}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: this torch ({torch.__version__}) sees no CUDA GPU")
+    tag = "" if device.type == "cpu" else f"_{device.type}"
+    if args.out is None:
+        args.out = ROOT / "benchmarks" / "speed" / f"results{tag}.json"
     torch.set_num_threads(THREADS)
     loaded = {name: load_network(name, args.data_root, args.checkpoint) for name in names}
     networks = {name: net for name, net in loaded.items() if net is not None}
@@ -420,7 +465,8 @@ def main() -> None:
         + (" --quick" if args.quick else "")
         + (f" --peer-budget {args.peer_budget:g}" if args.peer_budget != 3e4 else "")
         + (f" --networks {args.networks}" if args.networks else "")
-        + (" --no-memory" if args.no_memory else ""),
+        + (" --no-memory" if args.no_memory else "")
+        + (f" --device {args.device}" if device.type != "cpu" else ""),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "torch_threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
@@ -428,18 +474,20 @@ def main() -> None:
         "python": sys.version.split()[0],
         "versions": {p: version(p) for p in ("torch", "spikeconv", "spikingjelly", "sinabs", "snntorch")},
         "kernel": spikeconv._kernel.available(),  # noqa: SLF001
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "repeats": args.repeats,
         "peer_budget": args.peer_budget,  # all but yang-mnist: a third of it
         "networks": {},
     }
     for name, (ann, calibration, images) in networks.items():
         input_shape = tuple(images.shape[1:])
-        contenders = build_contenders(ann, calibration, input_shape)
+        contenders = build_contenders(ann, calibration, input_shape, device=device)
         notes = {k: getattr(r, "note", "") for k, r in contenders.items()}
         net_result: dict[str, object] = {"input_shape": list(input_shape), "notes": notes, "sizes": []}
         results["networks"][name] = net_result  # type: ignore[index]
         for T, batch in sizes[name]:
-            x = images[:batch]
+            x = images[:batch].to(device)
             active = [k for k in contenders if k in ALWAYS_RUN or T * batch <= peer_budget[name]]
             times: dict[str, list[float]] = {k: [] for k in active}
             outputs: dict[str, Tensor] = {}
@@ -471,13 +519,26 @@ def main() -> None:
                                         "load_average": os.getloadavg()[0], "results": rows})  # fmt: skip
             write_json(args.out, results)
     if not args.no_memory:
-        measure_memory(results, networks, args.out)
+        measure_memory(results, networks, args.out, device)
     write_docs(results, args.docs, args.out)
 
 
-def measure_memory(results: dict, networks: dict, out: Path) -> None:
+def measure_memory(results: dict, networks: dict, out: Path, device: torch.device = CPU) -> None:
     """Peak memory: one more run of each contender and size, each in a fresh process (see
-    memory_in_fresh_process for why not in this one); added to ``results`` and saved."""
+    memory_in_fresh_process for why not in this one); added to ``results`` and saved. On a
+    GPU, the allocator's own peak in this process (``peak_cuda_mib``)."""
+    if device.type == "cuda":
+        for name, net_result in results["networks"].items():
+            ann, calibration, images = networks[name]
+            for size in net_result["sizes"]:
+                x = images[: size["batch"]].to(device)
+                for key, row in size["results"].items():
+                    run = build_contenders(ann, calibration, tuple(images.shape[1:]), keys=(key,), device=device)[key]
+                    run(x, 2)  # warm-up, as in memory_child
+                    row["peak_cuda_mib"] = peak_cuda_memory(run, x, size["T"])
+                    print(f"{name} T={size['T']} B={size['batch']} {key}: peak {row['peak_cuda_mib']:.0f} MiB on the GPU", flush=True)
+                write_json(out, results)
+        return
     with tempfile.TemporaryDirectory() as scratch:
         networks_file = Path(scratch) / "networks.pt"
         torch.save(networks, networks_file)
@@ -497,8 +558,13 @@ def write_docs(results: dict, docs: Path, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     docs.mkdir(parents=True, exist_ok=True)
+    device = results.get("device", "cpu")  # results before the --device option ran on the CPU
+    on_gpu = device.startswith("cuda")
+    tag = "" if device == "cpu" else "_" + device.split(":")[0]
+    memory = "peak_cuda_mib" if on_gpu else "peak_rss_mib"
     lines = [
-        "# Simulation speed: spikeconv against SpikingJelly, sinabs, snnTorch and a plain loop",
+        "# Simulation speed: spikeconv against SpikingJelly, sinabs, snnTorch and a plain loop"
+        + (f" on {results.get('gpu') or device}" if on_gpu else ""),
         "",
         f"Measured {results['date']} with `{results['command']}` (results: `{out.name}`), "
         f"{results['torch_threads']} torch threads on {results['cpu_count']} cores, "
@@ -506,9 +572,13 @@ def write_docs(results: dict, docs: Path, out: Path) -> None:
         + f"; fused IF kernel: {'on' if results['kernel'] else 'off'}. Best of {results['repeats']} interleaved runs "
         "(2 at T x batch > 2e5); the step-by-step peers only where T x batch <= the peer budget (they take minutes beyond it on this shared 2-core machine). Throughput in image-steps per second; 'x' columns: how many times "
         "longer the contender took than spikeconv; 'limit': spikeconv's time over T ANN forward "
-        "passes done as batched calls (at most 10,000 images per call). Peak memory: the largest rise of "
+        "passes done as batched calls (at most 10,000 images per call). "
+        + ("Every contender ran on the GPU; each timing ends after torch.cuda.synchronize(). Peak memory: "
+           "torch.cuda.max_memory_allocated during one more, untimed run after all timings, above what was "
+           "allocated before it. " if on_gpu else "Peak memory: the largest rise of "
         "the resident set (sampled every millisecond) during one more, untimed run after all timings, each in a fresh "
-        "process whose glibc maps every allocation above 128 KiB fresh, so that memory freed earlier cannot hide it. 'same' = output spike counts identical to "
+        "process whose glibc maps every allocation above 128 KiB fresh, so that memory freed earlier cannot hide it. ")
+        + "'same' = output spike counts identical to "
         "spikeconv's on every image. 'spikeconv dense': spikeconv with `event_driven=False`, i.e. without "
         "event-driven synapses, which need weights on a power-of-two grid (as here): the speed a network with "
         "unrounded float weights gets.",
@@ -532,11 +602,11 @@ def write_docs(results: dict, docs: Path, out: Path) -> None:
                     row += " not run | | |"
             lines.append(row)
         contenders = ("spikeconv", *peers, "ANN limit")
-        lines += ["", "Peak memory (MiB above the process's resting level):", ""]
+        lines += ["", "Peak memory (MiB above " + ("what was allocated on the GPU before the run" if on_gpu else "the process's resting level") + "):", ""]
         lines += ["| T | batch | " + " | ".join(contenders) + " |", "|" + "---|" * (len(contenders) + 2)]
         for size in net["sizes"]:
             r = size["results"]
-            cells = [f"{r[k]['peak_rss_mib']:.0f}" if k in r and "peak_rss_mib" in r[k] else "not run" for k in contenders]
+            cells = [f"{r[k][memory]:.0f}" if k in r and memory in r[k] else "not run" for k in contenders]
             lines.append(f"| {size['T']} | {size['batch']} | " + " | ".join(cells) + " |")
         lines += ["", "How each peer was configured:", ""]
         lines += [f"- {k}: {v}" for k, v in net["notes"].items() if v]
@@ -555,17 +625,17 @@ def write_docs(results: dict, docs: Path, out: Path) -> None:
             ax.set_yscale("log")
             ax.set_xlabel(axis)
             ax.set_ylabel("image·steps / s")
-            ax.set_title(f"{name}, {fixed_key} = {fixed}, {results['torch_threads']} threads")
+            ax.set_title(f"{name}, {fixed_key} = {fixed}, " + (device if on_gpu else f"{results['torch_threads']} threads"))
             ax.legend(fontsize=8)
             fig.tight_layout()
-            png = docs / f"speed_{name}_vs_{axis}.png"
+            png = docs / f"speed{tag}_{name}_vs_{axis}.png"
             fig.savefig(png, dpi=110)
             plt.close(fig)
             lines += [f"![{name}: throughput against {axis}]({png.name})", ""]
-    notes = Path(__file__).with_name("notes.md")  # what a human read into this run, kept across reruns
+    notes = Path(__file__).with_name(f"notes{tag}.md")  # what a human read into this run, kept across reruns
     if notes.is_file():
         lines += ["", notes.read_text().rstrip()]
-    write_text(docs / "speed.md", "\n".join(lines) + "\n")
+    write_text(docs / f"speed{tag}.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
