@@ -25,6 +25,19 @@ def random_images(n: int, seed: int = 1, dtype: torch.dtype = torch.float64) -> 
     return torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
+def on_grid(t: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """``t`` rounded to multiples of 2^-bits (sums of such values are exact in float32 up
+    to 2^(24 - bits))."""
+    return torch.round(t * 2**bits) / 2**bits
+
+
+def round_parameters(module: nn.Module) -> None:
+    """Every weight and bias of ``module`` onto the 2^-8 grid, in place."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(on_grid(p))
+
+
 @pytest.fixture(scope="session")
 def digits():
     return load_digits("train"), load_digits("test")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from conftest import random_images
+from conftest import on_grid, random_images, round_parameters
 from torch import nn
 
 import spikeconv
@@ -16,17 +16,6 @@ from spikeconv import _kernel, events
 from spikeconv.events import event_synapses, exact_sums, grid_bits, predicted_speedup
 
 pytestmark = pytest.mark.skipif(not _kernel.available(), reason="no C compiler")
-
-
-def _on_grid(t: torch.Tensor, bits: int = 8) -> torch.Tensor:
-    return torch.round(t * 2**bits) / 2**bits
-
-
-def _round_parameters(module: nn.Module) -> None:
-    """Every weight and bias of ``module`` onto the 2^-8 grid, in place."""
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(_on_grid(p))
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -41,7 +30,7 @@ def test_event_conv_equals_pool_then_dense_conv_bit_for_bit(seed):
     size = max(size, pool * max(1, kernel - 2 * padding))
     torch.manual_seed(seed)
     conv = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=bool(seed % 2))
-    _round_parameters(conv)
+    round_parameters(conv)
     rate = pick([0.02, 0.1, 0.5])
     spikes = (torch.rand(7, c_in, size, size, generator=gen) < rate).float().contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
@@ -61,7 +50,7 @@ def test_scatter_path_equals_the_dense_convolution(c_in):
     for kh, kw in ((1, 1), (3, 3), (5, 5), (2, 4)):
         for padding in range(min(kh, kw)):
             conv = nn.Conv2d(c_in, 16, (kh, kw), padding=padding, bias=bool(padding % 2))
-            _round_parameters(conv)
+            round_parameters(conv)
             weight = conv.weight.permute(2, 3, 1, 0).contiguous()
             for rate in (0.02, 0.1, 0.5):
                 spikes = (torch.rand(5, c_in, 9, 11) < rate).float().contiguous(memory_format=torch.channels_last)
@@ -70,7 +59,7 @@ def test_scatter_path_equals_the_dense_convolution(c_in):
                     scattered = _kernel.event_conv(spikes, weight, conv.bias, pool=1, stride=1, padding=padding, scatter=True)
                 assert torch.equal(scattered, dense), (kh, kw, padding, rate)
     conv = nn.Conv2d(c_in, 16, 3, padding=1)  # pooled inputs: each spike adds its weights / 4
-    _round_parameters(conv)
+    round_parameters(conv)
     spikes = (torch.rand(5, c_in, 10, 12) < 0.1).float().contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         dense = conv(nn.functional.avg_pool2d(spikes, 2))
@@ -85,7 +74,7 @@ def test_event_conv_without_avx512_lists_the_same_spikes(monkeypatch):
     torch.manual_seed(0)
     for c_in, pool, padding in ((3, 1, 1), (12, 2, 0), (20, 4, 2)):
         conv = nn.Conv2d(c_in, 32, 3, padding=padding)
-        _round_parameters(conv)
+        round_parameters(conv)
         spikes = (torch.rand(5, c_in, 12, 12) < 0.2).float().contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             dense = conv(nn.functional.avg_pool2d(spikes, pool) if pool > 1 else spikes)
@@ -93,7 +82,7 @@ def test_event_conv_without_avx512_lists_the_same_spikes(monkeypatch):
             event = _kernel.event_conv(spikes, weight, conv.bias, pool=pool, stride=1, padding=padding)
         assert torch.equal(event, dense), (c_in, pool)
     conv = nn.Conv2d(20, 16, 3, padding=1)  # the scatter path's portable listing
-    _round_parameters(conv)
+    round_parameters(conv)
     spikes = (torch.rand(5, 20, 12, 12) < 0.1).float().contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         weight = conv.weight.permute(2, 3, 1, 0).contiguous()
@@ -113,10 +102,10 @@ def test_exact_sums_needs_a_power_of_two_grid_and_headroom():
     torch.manual_seed(0)
     weight = torch.randn(32, 8, 3, 3)
     assert grid_bits(torch.tensor([0.5, 0.25, 3.0])) == 2 and grid_bits(torch.tensor([1.0, -2.0])) == 0
-    assert exact_sums(_on_grid(weight), _on_grid(torch.randn(32)), 2, torch.float32)
+    assert exact_sums(on_grid(weight), on_grid(torch.randn(32)), 2, torch.float32)
     assert not exact_sums(weight, None, 1, torch.float32)  # unrounded float weights
-    assert not exact_sums(_on_grid(weight), None, 3, torch.float32)  # 1/9 is not exact
-    fine = _on_grid(weight, 20) * 64  # |w| sums ~2^10 on a 2^-20 grid: 2^30 > 2^24
+    assert not exact_sums(on_grid(weight), None, 3, torch.float32)  # 1/9 is not exact
+    fine = on_grid(weight, 20) * 64  # |w| sums ~2^10 on a 2^-20 grid: 2^30 > 2^24
     assert not exact_sums(fine, None, 1, torch.float32) and exact_sums(fine.double(), None, 1, torch.float64)
 
 
@@ -142,7 +131,7 @@ def _grid_net() -> spikeconv.SpikingNetwork:
         nn.Flatten(), nn.Linear(48 * 2 * 2, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 5),
     ).float().eval()  # fmt: skip
     snn = spikeconv.convert(model, random_images(64, dtype=torch.float32), rule="maxnorm", reset="subtract")
-    _round_parameters(snn)
+    round_parameters(snn)
     return snn
 
 
@@ -209,7 +198,7 @@ def test_sixteen_output_convolutions_scatter_at_low_rates_and_keep_the_reference
         nn.Conv2d(16, 16, 5, padding=2), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 8 * 8, 5),
     ).float().eval()  # fmt: skip
     snn = spikeconv.convert(model, random_images(64, dtype=torch.float32), rule="maxnorm", reset="subtract")
-    _round_parameters(snn)
+    round_parameters(snn)
     planned = _planned(snn)
     assert planned[1].scatters and planned[2].scatters and not planned[3].scatters
     monkeypatch.setattr(events, "MIN_SPEEDUP", 0.0)
@@ -288,7 +277,7 @@ def test_event_forms_are_kept_per_network_until_a_weight_changes_in_place(monkey
     for name in changed.spike_trains:
         assert torch.equal(changed.spike_trains[name], reference.spike_trains[name]), name
     conv = snn.spiking_stages[2].synapse[0]
-    conv.weight.data = _on_grid(conv.weight.detach().clone())  # a new tensor, back on the grid
+    conv.weight.data = on_grid(conv.weight.detach().clone())  # a new tensor, back on the grid
     calls.clear()
     spikeconv.simulate(snn, images, T=15)
     assert len(found) == 3 and 48 in calls, "a replaced weight tensor did not bring the event path back"
@@ -300,11 +289,11 @@ def test_linear_layers_run_event_driven_only_on_flat_inputs():
     from spikeconv.events import _event_form
 
     layer = nn.Linear(4, 32)
-    _round_parameters(layer)
+    round_parameters(layer)
     assert _event_form(layer, (2, 4, 4), 1, False, torch.float32) is None
     assert _event_form(nn.Linear(32, 32), (2, 4, 4), 1, True, torch.float32) is None  # 32 = 2*4*4 but weights off-grid
     flat = nn.Linear(32, 32)
-    _round_parameters(flat)
+    round_parameters(flat)
     assert _event_form(flat, (2, 4, 4), 1, True, torch.float32) is not None
     assert _event_form(flat, (32,), 1, False, torch.float32) is not None
     assert _event_form(flat, (32,), 2, False, torch.float32) is None  # no pooling of a vector
@@ -319,7 +308,7 @@ def test_event_synapse_after_a_spiking_max_pool_equals_the_reference(monkeypatch
         nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(32 * 4 * 4, 5),
     ).float().eval()  # fmt: skip
     snn = spikeconv.convert(model, random_images(64, dtype=torch.float32), rule="maxnorm", reset="subtract")
-    _round_parameters(snn)
+    round_parameters(snn)
     planned = _planned(snn)
     gated = [j for j in planned if snn.spiking_stages[snn.spiking_stages[j].source_indices(j)[0]].gate is not None]
     assert gated, "no event synapse reads the max-pool gate"

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 import torch
-from conftest import random_images, small_cnn
+from conftest import on_grid, random_images, round_parameters, small_cnn
 
 import spikeconv
 from spikeconv.encoders import encode
@@ -281,11 +281,8 @@ def test_cuda_simulation_gives_the_cpu_spikes_on_exact_sums():
     """Weights on a 2^-8 grid make every sum exact, so the GPU's summation order cannot
     change a spike: the same spikes as the step-by-step reference on the CPU."""
     snn = _convert("subtract", dtype=torch.float32, rule="maxnorm")
-    with torch.no_grad():
-        for p in snn.parameters():
-            p.copy_(torch.round(p * 256) / 256)
-    images = random_images(8, seed=2, dtype=torch.float32)
-    images = torch.round(images * 256) / 256
+    round_parameters(snn)
+    images = on_grid(random_images(8, seed=2, dtype=torch.float32))
     reference = spikeconv.simulate(snn, images, T=30, method="reference", record_trains=True)
     on_gpu = spikeconv.simulate(snn, images, T=30, device="cuda", record_trains=True)
     _assert_same(on_gpu, reference)

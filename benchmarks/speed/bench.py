@@ -402,6 +402,16 @@ def memory_in_fresh_process(networks_file: Path, name: str, key: str, T: int, ba
     return float(done.stdout.split()[-1])
 
 
+def cuda_memory_of(network: tuple[nn.Module, Tensor, Tensor], key: str, T: int, batch: int, device: torch.device) -> float:
+    """Peak GPU memory (MiB) of one run of one contender, in this process: the CUDA
+    allocator's statistics see every allocation, so no fresh process is needed."""
+    ann, calibration, images = network
+    run = build_contenders(ann, calibration, tuple(images.shape[1:]), keys=(key,), device=device)[key]
+    x = images[:batch].to(device)
+    run(x, 2)  # warm-up, as in memory_child
+    return peak_cuda_memory(run, x, T)
+
+
 def memory_child(networks_file: Path, name: str, key: str, T: int, batch: int) -> None:
     torch.set_num_threads(THREADS)
     ann, calibration, images = torch.load(networks_file, weights_only=False)[name]
@@ -526,27 +536,22 @@ def main() -> None:
 def measure_memory(results: dict, networks: dict, out: Path, device: torch.device = CPU) -> None:
     """Peak memory: one more run of each contender and size, each in a fresh process (see
     memory_in_fresh_process for why not in this one); added to ``results`` and saved. On a
-    GPU, the allocator's own peak in this process (``peak_cuda_mib``)."""
-    if device.type == "cuda":
-        for name, net_result in results["networks"].items():
-            ann, calibration, images = networks[name]
-            for size in net_result["sizes"]:
-                x = images[: size["batch"]].to(device)
-                for key, row in size["results"].items():
-                    run = build_contenders(ann, calibration, tuple(images.shape[1:]), keys=(key,), device=device)[key]
-                    run(x, 2)  # warm-up, as in memory_child
-                    row["peak_cuda_mib"] = peak_cuda_memory(run, x, size["T"])
-                    print(f"{name} T={size['T']} B={size['batch']} {key}: peak {row['peak_cuda_mib']:.0f} MiB on the GPU", flush=True)
-                write_json(out, results)
-        return
+    GPU, the allocator's own peak in this process (``peak_cuda_mib``, see cuda_memory_of)."""
+    on_gpu = device.type == "cuda"
+    field = "peak_cuda_mib" if on_gpu else "peak_rss_mib"
     with tempfile.TemporaryDirectory() as scratch:
         networks_file = Path(scratch) / "networks.pt"
-        torch.save(networks, networks_file)
+        if not on_gpu:
+            torch.save(networks, networks_file)
         for name, net_result in results["networks"].items():
             for size in net_result["sizes"]:
                 for key, row in size["results"].items():
-                    row["peak_rss_mib"] = memory_in_fresh_process(networks_file, name, key, size["T"], size["batch"])
-                    print(f"{name} T={size['T']} B={size['batch']} {key}: peak {row['peak_rss_mib']:.0f} MiB", flush=True)
+                    T, batch = size["T"], size["batch"]
+                    row[field] = (
+                        cuda_memory_of(networks[name], key, T, batch, device) if on_gpu
+                        else memory_in_fresh_process(networks_file, name, key, T, batch)
+                    )  # fmt: skip
+                    print(f"{name} T={T} B={batch} {key}: peak {row[field]:.0f} MiB" + (" on the GPU" if on_gpu else ""), flush=True)
                 write_json(out, results)
 
 

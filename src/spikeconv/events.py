@@ -115,17 +115,16 @@ class EventSynapse:
         oh, ow = _kernel.event_output_size(h, w, kh, kw, pool=self.pool, stride=self.stride, padding=self.padding)
         return torch.empty((spikes.shape[0], padded, oh, ow), dtype=torch.float32, memory_format=torch.channels_last)
 
-    def preferred(self, spikes: Tensor, total: float) -> bool:
+    def preferred(self, spikes: Tensor, rate: float) -> bool:
         """Whether events should beat the dense synapse on ``spikes`` (``[N, C, H, W]`` or
-        ``[N, C]``), which hold ``total`` spikes (and the kernel's int32 spike lists can
-        index them)."""
+        ``[N, C]``), of which a fraction ``rate`` fired (and the kernel's int32 spike lists
+        can index them)."""
         c, h, w = (*spikes.shape[1:], 1, 1)[:3]
         kh, kw, _, padded = self.weight.shape
         ph, pw = h // self.pool, w // self.pool
         oh, ow = _kernel.event_output_size(h, w, kh, kw, pool=self.pool, stride=self.stride, padding=self.padding)
         fan = oh * ow * kh * kw / max(1, ph * pw)  # outputs each pooled input feeds (kernel taps)
         ranges = oh * ow * -(-padded // 128)  # per image, see _kernel.event_conv
-        rate = total / max(1, spikes.numel())
         fits = _kernel.event_lists_fit(w, c, padded, self.pool, kh * kw)
         speedup = predicted_speedup(
             rate, fan, self.c_out, self.pool, linear=self.linear, event_c_out=padded,

@@ -262,14 +262,6 @@ def simulate(
     )
 
 
-# The event form of each network's synapses, kept while the network lives and its weights
-# are unchanged: finding it checks every weight's grid (22 ms on the Rueckauer net), which
-# would otherwise be paid again by every simulate() call of a sweep.
-_EVENT_FORMS: weakref.WeakKeyDictionary[SpikingNetwork, tuple[tuple, list, dict[int, EventSynapse]]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 def _available_device(device: str | torch.device) -> torch.device:
     """``device`` as a torch device, or a ValueError that says why it cannot be used here
     (torch's own errors name neither the argument nor what to pass instead)."""
@@ -286,6 +278,14 @@ def _available_device(device: str | torch.device) -> torch.device:
     if parsed.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {device!r} is not available on this machine: simulate on 'cpu' (the default)")
     return parsed
+
+
+# The event form of each network's synapses, kept while the network lives and its weights
+# are unchanged: finding it checks every weight's grid (22 ms on the Rueckauer net), which
+# would otherwise be paid again by every simulate() call of a sweep.
+_EVENT_FORMS: weakref.WeakKeyDictionary[SpikingNetwork, tuple[tuple, list, dict[int, EventSynapse]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _event_synapses(snn: SpikingNetwork, shapes: list[tuple[int, ...]], device: torch.device) -> dict[int, EventSynapse]:
@@ -455,13 +455,12 @@ def _run_fast(
                 else:
                     flat = [layout[index](i.flatten(0, 1)) for i in inputs]
                     event = events.get(index)
-                    total = totals[stage.source_indices(index)[0]] if event is not None else 0.0
-                    if event is not None and event.preferred(flat[0], total):
+                    rate = totals[stage.source_indices(index)[0]] / max(1, flat[0].numel()) if event is not None else 0.0
+                    if event is not None and event.preferred(flat[0], rate):
                         if reuse and index not in buffers:
                             buffers[index] = event.output_like(flat[0])
                         out = buffers[index][: len(flat[0])] if reuse else None
-                        # exactly the dense current, sooner on sparse spikes
-                        current = event(flat[0], out=out, rate=total / max(1, flat[0].numel()))
+                        current = event(flat[0], out=out, rate=rate)  # exactly the dense current, sooner on sparse spikes
                     else:
                         current = stage.synapse(*flat)
                     current = current.unflatten(0, (steps, batch))
