@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import pytest
 import torch
 from torch import nn
 
+from spikeconv.calibrate import ActivationStats
 from spikeconv.data import load_digits
 from spikeconv.training import TrainOptions, train
 
@@ -36,6 +40,50 @@ def round_parameters(module: nn.Module) -> None:
     with torch.no_grad():
         for p in module.parameters():
             p.copy_(on_grid(p))
+
+
+# Tests that two computations give *identical* spikes use sums that are exact in floating
+# point: otherwise another CPU's kernels (another summation order) can put a neuron's input
+# on the other side of its threshold, and the trains part (issue 15).
+
+
+def grid_images(n: int, seed: int = 1, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """``random_images`` on the 2^-8 grid."""
+    return on_grid(random_images(n, seed, dtype))
+
+
+def exact(snn: nn.Module) -> nn.Module:
+    """``snn`` with every parameter on the 2^-8 grid (in place): fed spikes or
+    :func:`grid_images`, every synaptic sum is then exact in float32 and float64 in any
+    order, so simulators that sum differently must agree on any CPU. Thresholds and V_min
+    may be any number: comparing with them is exact, and the membrane updates that follow
+    are the same elementwise operations in every simulator."""
+    round_parameters(snn)
+    return snn
+
+
+def power_of_two_stats(stats: ActivationStats) -> ActivationStats:
+    """``stats`` with every maximum (per layer and per channel) rounded up to a power of
+    two. maxnorm, nscaling (n = 0.5, with the ceiling of f^1) and channelwise (p = 100) then
+    give power-of-two scales, and weight scaling and threshold balancing differ by exact
+    power-of-two factors: the same spikes in floating point on any CPU. Only the maxima are
+    meant to be read (the histograms are left as they were)."""
+
+    def up(value: float) -> float:
+        return 2.0 ** math.ceil(math.log2(value)) if value > 0 else value
+
+    layers = []
+    for layer in stats.layers:
+        channel_max = layer.channel_max
+        if channel_max is not None:
+            channel_max = torch.tensor([up(float(v)) for v in channel_max], dtype=channel_max.dtype)
+        top = max(layer.top, up(layer.max))
+        layers.append(dataclasses.replace(layer, max=up(layer.max), top=top, channel_max=channel_max))
+    return dataclasses.replace(stats, layers=tuple(layers))
+
+
+def is_power_of_two(value: float) -> bool:
+    return value > 0 and math.frexp(value)[0] == 0.5
 
 
 @pytest.fixture(scope="session")

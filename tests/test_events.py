@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from conftest import on_grid, random_images, round_parameters
+from conftest import grid_images, on_grid, random_images, round_parameters
 from torch import nn
 
 import spikeconv
@@ -160,7 +160,7 @@ def test_simulation_with_event_synapses_equals_the_reference(monkeypatch, coding
     assert planned[5].c_out == 5 and planned[5].weight.shape[-1] == 16  # the output layer, padded to 16 outputs
     monkeypatch.setattr(events, "MIN_SPEEDUP", 0.0)  # events at any rate
     calls = _spy(monkeypatch)
-    images, labels = random_images(20, seed=4, dtype=torch.float32), torch.arange(20) % 5
+    images, labels = grid_images(20, seed=4, dtype=torch.float32), torch.arange(20) % 5
     kwargs = dict(T=40, coding=coding, seed=1, batch_size=8, record_trains=True)
     fast = spikeconv.simulate(snn, (images, labels), **kwargs)
     assert set(calls) == {16, 32, 48}, "the event path did not run for every planned synapse"
@@ -182,7 +182,7 @@ def test_buffers_reused_over_time_chunks_of_unequal_length_keep_the_reference_sp
     monkeypatch.setattr(events, "MIN_SPEEDUP", 0.0)
     snn = _grid_net()
     calls = _spy(monkeypatch)
-    images = random_images(10, seed=8, dtype=torch.float32)
+    images = grid_images(10, seed=8, dtype=torch.float32)
     chunked = spikeconv.simulate(snn, images, T=20, coding="constant", record_trains=True)
     assert len(calls) == 7 * len(_planned(snn)), "not every chunk ran the event synapses"
     reference = spikeconv.simulate(snn, images, T=20, coding="constant", record_trains=True, method="reference")
@@ -206,7 +206,7 @@ def test_sixteen_output_convolutions_scatter_at_low_rates_and_keep_the_reference
     calls: list[tuple[int, bool]] = []  # (kernel height, scattered)
     original = _kernel.event_conv
     monkeypatch.setattr(_kernel, "event_conv", lambda *a, **k: calls.append((a[1].shape[0], k["scatter"])) or original(*a, **k))
-    images = random_images(10, seed=2, dtype=torch.float32)
+    images = grid_images(10, seed=2, dtype=torch.float32)
     kwargs = {"T": 30, "coding": "constant", "record_trains": True}
     fast = spikeconv.simulate(snn, images, **kwargs)
     assert {scatter for kh, scatter in calls if kh in (3, 5)} == {True}, "a 16-output conv did not scatter"
@@ -231,7 +231,7 @@ def test_fixed_point_networks_take_the_event_path_and_unrounded_ones_do_not(monk
     assert _planned(snn) == {}
     monkeypatch.setattr(events, "MIN_SPEEDUP", 0.0)
     calls = _spy(monkeypatch)
-    images = random_images(10, seed=6, dtype=torch.float32)
+    images = grid_images(10, seed=6, dtype=torch.float32)
     kwargs = dict(T=30, coding="constant", fixed_point_bits=16, record_trains=True)
     fast = spikeconv.simulate(snn, images, **kwargs)
     assert calls
@@ -244,7 +244,7 @@ def test_kernels_without_openmp_split_images_over_python_threads(monkeypatch):
     """The fallback when the compiler has no OpenMP: same results from Python threads."""
     snn = _grid_net()
     monkeypatch.setattr(events, "MIN_SPEEDUP", 0.0)
-    images = random_images(12, seed=5, dtype=torch.float32)
+    images = grid_images(12, seed=5, dtype=torch.float32)
     with_openmp = spikeconv.simulate(snn, images, T=20, record_trains=True)
     monkeypatch.setattr(_kernel, "_has_openmp", lambda library: False)
     pools: list[int] = []
@@ -263,7 +263,7 @@ def test_event_forms_are_kept_per_network_until_a_weight_changes_in_place(monkey
     monkeypatch.setattr(events, "MIN_SPEEDUP", 0.0)
     snn = _grid_net()
     calls = _spy(monkeypatch)
-    images = random_images(6, seed=3, dtype=torch.float32)
+    images = grid_images(6, seed=3, dtype=torch.float32)
     first = spikeconv.simulate(snn, images, T=15, record_trains=True)
     again = spikeconv.simulate(snn, images, T=15, record_trains=True)
     assert len(found) == 1 and torch.equal(first.output_counts, again.output_counts)
@@ -273,9 +273,11 @@ def test_event_forms_are_kept_per_network_until_a_weight_changes_in_place(monkey
     calls.clear()
     changed = spikeconv.simulate(snn, images, T=15, record_trains=True)
     assert len(found) == 2 and calls and 48 not in calls, "a stale event form ran after the weights changed"
-    reference = spikeconv.simulate(snn, images, T=15, record_trains=True, method="reference")
+    # the dense path with the new weights (the step reference would sum the now-inexact
+    # layer in another order, which another CPU may round differently)
+    dense = spikeconv.simulate(snn, images, T=15, record_trains=True, event_driven=False)
     for name in changed.spike_trains:
-        assert torch.equal(changed.spike_trains[name], reference.spike_trains[name]), name
+        assert torch.equal(changed.spike_trains[name], dense.spike_trains[name]), name
     conv = snn.spiking_stages[2].synapse[0]
     conv.weight.data = on_grid(conv.weight.detach().clone())  # a new tensor, back on the grid
     calls.clear()
@@ -314,7 +316,7 @@ def test_event_synapse_after_a_spiking_max_pool_equals_the_reference(monkeypatch
     assert gated, "no event synapse reads the max-pool gate"
     monkeypatch.setattr(events, "MIN_SPEEDUP", 0.0)
     calls = _spy(monkeypatch)
-    images = random_images(12, seed=8, dtype=torch.float32)
+    images = grid_images(12, seed=8, dtype=torch.float32)
     kwargs = dict(T=30, coding="constant", record_trains=True)
     fast = spikeconv.simulate(snn, images, **kwargs)
     assert calls

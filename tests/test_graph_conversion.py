@@ -3,9 +3,12 @@ softmax readout, robust and channel-wise rules, the zoo."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import exact, is_power_of_two, on_grid, power_of_two_stats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -280,8 +283,8 @@ def test_ewma_gate_follows_a_change_of_the_fastest_input_and_the_count_gate_reme
 def test_maxpool_gate_is_identical_in_both_simulators_and_the_module(rate):
     torch.manual_seed(0)
     model = _randomize_batchnorm(ding_cnn(width=0.125, size=16)).double().eval()
-    x = torch.rand(3, 1, 16, 16, dtype=torch.float64)
-    snn = spikeconv.convert(model, x, rule="robust", reset="subtract", maxpool_rate=rate, maxpool_decay=0.95)
+    x = on_grid(torch.rand(3, 1, 16, 16, dtype=torch.float64))  # exact sums: the same spikes on any CPU
+    snn = exact(spikeconv.convert(model, x, rule="robust", reset="subtract", maxpool_rate=rate, maxpool_decay=0.95))
     assert [s.gate is not None for s in snn.spiking_stages].count(True) == 3
     kwargs = dict(T=40, coding="poisson", seed=2, record_trains=True)
     fast = spikeconv.simulate(snn, x, **kwargs)
@@ -298,8 +301,8 @@ def test_softmax_readout_is_identical_in_both_simulators_and_predicts_the_larges
     torch.manual_seed(0)
     model = rueckauer_cifar10(width=0.125)
     model = _randomize_batchnorm(model).double().eval()
-    x = torch.rand(4, 3, 32, 32, dtype=torch.float64)
-    snn = spikeconv.convert(model, x, rule="robust", reset="subtract", readout="softmax", softmax_rate=0.5)
+    x = on_grid(torch.rand(4, 3, 32, 32, dtype=torch.float64))
+    snn = exact(spikeconv.convert(model, x, rule="robust", reset="subtract", readout="softmax", softmax_rate=0.5))
     assert spikeconv.trace(model, (3, 32, 32)).softmax
     kwargs = dict(T=60, coding="constant", seed=4, record_trains=True)
     fast = spikeconv.simulate(snn, x, **kwargs)
@@ -347,11 +350,17 @@ def test_channelwise_scales_each_channel_and_threshold_balancing_gives_the_same_
     x = torch.rand(30, 1, 8, 8, dtype=torch.float64)
     traced = spikeconv.trace(model, (1, 8, 8))
     stats = spikeconv.calibrate(traced, x)
-    snn = spikeconv.build_snn(traced, stats, "channelwise", p=100, reset="subtract")
-    first = snn.info.mapping.layers[0]
+    first = spikeconv.build_snn(traced, stats, "channelwise", p=100, reset="subtract").info.mapping.layers[0]
     a = F.relu(model[0](x))
     expected = a.transpose(0, 1).flatten(1).amax(1)
     assert first.channel_scales == pytest.approx(expected.tolist())
+    # power-of-two scales: weight scaling and threshold balancing are then exactly equal in
+    # floating point, so their spikes must be identical on any CPU (see conftest)
+    stats = power_of_two_stats(stats)
+    expected = torch.tensor([2.0 ** math.ceil(math.log2(v)) for v in expected.tolist()], dtype=torch.float64)
+    snn = spikeconv.build_snn(traced, stats, "channelwise", p=100, reset="subtract")
+    assert list(snn.info.mapping.layers[0].channel_scales) == expected.tolist()
+    assert all(is_power_of_two(v) for l in snn.info.mapping.layers for v in (l.channel_scales or (l.scale,)))
     rates = snn.analog_forward(x)
     torch.testing.assert_close(rates[0], a / expected.view(-1, 1, 1))
     assert snn.info.mapping.layers[-1].channel_scales is None  # one scale for the classes
@@ -359,10 +368,12 @@ def test_channelwise_scales_each_channel_and_threshold_balancing_gives_the_same_
     balanced = spikeconv.build_snn(traced, stats, "threshold", base="channelwise", p=100, reset="subtract")
     assert balanced.spiking_stages[0].neuron.threshold.shape == (4, 1, 1)
     assert torch.equal(balanced.spiking_stages[0].synapse[0].weight, model[0].weight)  # weights unchanged
+    assert len(set(balanced.spiking_stages[0].neuron.threshold.flatten().tolist())) > 1  # per-channel thresholds
     kwargs = dict(T=50, coding="poisson", seed=0, record_trains=True)
     s1, s2 = spikeconv.simulate(snn, x, **kwargs), spikeconv.simulate(balanced, x, **kwargs)
     for name in s1.spike_trains:
         assert torch.equal(s1.spike_trains[name], s2.spike_trains[name]), name
+    assert all(v > 0 for v in s1.spikes_per_layer.values())
 
 
 def test_unsupported_node_names_target_and_source_location():

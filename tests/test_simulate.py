@@ -4,7 +4,7 @@ import sys
 
 import pytest
 import torch
-from conftest import on_grid, random_images, round_parameters, small_cnn
+from conftest import exact, grid_images, random_images, small_cnn
 
 import spikeconv
 from spikeconv.encoders import encode
@@ -12,8 +12,10 @@ from spikeconv.metrics import latency, steps_to_reach
 
 
 def _convert(reset: str, readout: str = "spikes", dtype=torch.float64, rule="nscaling"):
+    """A converted small_cnn with its weights on the 2^-8 grid: fed :func:`grid_images` or
+    spikes, every sum is exact, so the simulators must agree on any CPU (see conftest)."""
     model = small_cnn(dtype=dtype)
-    return spikeconv.convert(model, random_images(64, dtype=dtype), rule=rule, reset=reset, readout=readout)
+    return exact(spikeconv.convert(model, random_images(64, dtype=dtype), rule=rule, reset=reset, readout=readout))
 
 
 def _assert_same(a: spikeconv.SimulationResult, b: spikeconv.SimulationResult) -> None:
@@ -33,7 +35,7 @@ def _assert_same(a: spikeconv.SimulationResult, b: spikeconv.SimulationResult) -
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_time_batched_and_step_by_step_give_identical_spikes(coding, reset, dtype):
     snn = _convert(reset, dtype=dtype)
-    images, labels = random_images(24, seed=5, dtype=dtype), torch.arange(24) % 5
+    images, labels = grid_images(24, seed=5, dtype=dtype), torch.arange(24) % 5
     kwargs = dict(T=40, coding=coding, seed=3, batch_size=10, record_trains=True)
     fast = spikeconv.simulate(snn, (images, labels), method="fast", **kwargs)
     reference = spikeconv.simulate(snn, (images, labels), method="reference", **kwargs)
@@ -43,7 +45,7 @@ def test_time_batched_and_step_by_step_give_identical_spikes(coding, reset, dtyp
 
 def test_membrane_readout_matches_reference_and_predicts_argmax_potential():
     snn = _convert("subtract", readout="membrane")
-    images = random_images(12, seed=2)
+    images = grid_images(12, seed=2)
     kwargs = dict(T=30, coding="poisson", record_trains=True)
     fast = spikeconv.simulate(snn, images, method="fast", **kwargs)
     _assert_same(fast, spikeconv.simulate(snn, images, method="reference", **kwargs))
@@ -56,7 +58,7 @@ def test_membrane_readout_matches_reference_and_predicts_argmax_potential():
 def test_time_chunking_does_not_change_the_result(coding, dtype):
     """One-step chunks included: a constant current must never be overwritten in place."""
     snn = _convert("zero", dtype=dtype)
-    images = random_images(16, seed=7, dtype=dtype)
+    images = grid_images(16, seed=7, dtype=dtype)
     whole = spikeconv.simulate(snn, images, T=50, coding=coding, record_trains=True, memory_bytes=2**30)
     chunked = spikeconv.simulate(snn, images, T=50, coding=coding, record_trains=True, memory_bytes=1)
     reference = spikeconv.simulate(snn, images, T=50, coding=coding, record_trains=True, method="reference")
@@ -70,7 +72,7 @@ def test_sums_held_back_and_flushed_at_any_point_give_the_same_result(monkeypatc
     element) or once at the end must give the same totals and accuracy curve."""
     module = sys.modules["spikeconv.simulate"]  # the package's `simulate` is the function
     snn = _convert("subtract", dtype=torch.float32)
-    images, labels = random_images(16, seed=3, dtype=torch.float32), torch.arange(16) % 10
+    images, labels = grid_images(16, seed=3, dtype=torch.float32), torch.arange(16) % 5
     run = lambda: spikeconv.simulate(snn, (images, labels), T=30, memory_bytes=1, record_trains=True)
     held = run()
     monkeypatch.setattr(module, "_PENDING_ELEMENTS", 1)
@@ -82,7 +84,7 @@ def test_sums_held_back_and_flushed_at_any_point_give_the_same_result(monkeypatc
 
 def test_module_forward_is_the_step_by_step_simulation():
     snn = _convert("zero")
-    images = random_images(6, seed=4)
+    images = grid_images(6, seed=4)
     T = 25
     result = spikeconv.simulate(snn, images, T=T, coding="constant", record_trains=True)
     snn.reset_state()
@@ -93,7 +95,7 @@ def test_module_forward_is_the_step_by_step_simulation():
 
 def test_seeded_poisson_runs_are_reproducible_and_seeds_differ():
     snn = _convert("zero")
-    images = random_images(8)
+    images = grid_images(8)
     a = spikeconv.simulate(snn, images, T=30, coding="poisson", seed=1)
     b = spikeconv.simulate(snn, images, T=30, coding="poisson", seed=1)
     c = spikeconv.simulate(snn, images, T=30, coding="poisson", seed=2)
@@ -133,7 +135,7 @@ def test_ties_in_spike_count_are_broken_by_membrane_potential():
 
 def test_result_accuracy_curve_latency_and_serialization():
     snn = _convert("subtract")
-    images, labels = random_images(20, seed=9), torch.arange(20) % 5
+    images, labels = grid_images(20, seed=9), torch.arange(20) % 5
     result = spikeconv.simulate(snn, (images, labels), T=60)
     assert result.accuracy.shape == (60,)
     assert result.accuracy_at(60) == result.final_accuracy
@@ -154,7 +156,7 @@ def test_latency_and_steps_to_reach():
 
 def test_rates_and_spike_totals_are_consistent():
     snn = _convert("zero")
-    images = random_images(10)
+    images = grid_images(10)
     result = spikeconv.simulate(snn, images, T=20, record_counts=True)
     for name, counts in result.spike_counts.items():
         assert float(counts.sum()) == result.spikes_per_layer[name]
@@ -170,7 +172,7 @@ def test_fused_kernel_and_tensor_loop_give_the_reference_spikes(monkeypatch, rea
 
     snn = _convert("zero", readout=readout, dtype=dtype)
     assert snn.spiking_stages[0].neuron.v_min is not None
-    images = random_images(10, seed=11, dtype=dtype)
+    images = grid_images(10, seed=11, dtype=dtype)
     kwargs = dict(T=35, coding="constant", record_trains=True)
     reference = spikeconv.simulate(snn, images, method="reference", **kwargs)
     _assert_same(spikeconv.simulate(snn, images, method="fast", **kwargs), reference)
@@ -180,7 +182,7 @@ def test_fused_kernel_and_tensor_loop_give_the_reference_spikes(monkeypatch, rea
 
 def test_threshold_balancing_fast_equals_reference_in_float32():
     snn = _convert("subtract", dtype=torch.float32, rule="threshold")
-    images = random_images(10, seed=12, dtype=torch.float32)
+    images = grid_images(10, seed=12, dtype=torch.float32)
     kwargs = dict(T=40, coding="constant", record_trains=True)
     _assert_same(spikeconv.simulate(snn, images, method="fast", **kwargs),
                  spikeconv.simulate(snn, images, method="reference", **kwargs))  # fmt: skip
@@ -190,7 +192,7 @@ def test_rate_correlation_is_near_one_for_subtraction_and_long_runs():
     from spikeconv.metrics import rate_correlation
 
     snn = _convert("subtract", rule="maxnorm")
-    images = random_images(20, seed=8)
+    images = grid_images(20, seed=8)
     report = rate_correlation(snn, images, T=500)
     assert report["0"]["correlation"] > 0.999 and report["0"]["mean_abs_error"] < 2 / 500
     short = rate_correlation(snn, images, T=5)
@@ -199,7 +201,7 @@ def test_rate_correlation_is_near_one_for_subtraction_and_long_runs():
 
 def test_sub_batches_give_the_same_labels_and_accuracy_curve():
     snn = _convert("subtract")
-    images = random_images(12, seed=9)
+    images = grid_images(12, seed=9)
     labels = torch.arange(12) % 5
     whole = spikeconv.simulate(snn, (images, labels), T=40, coding="constant", memory_bytes=2**30)
     split = spikeconv.simulate(snn, (images, labels), T=40, coding="constant", memory_bytes=1)  # one image each
@@ -266,7 +268,7 @@ def test_layouts_compare_without_size_one_dimensions():
 
 def test_device_argument_runs_where_named_and_refuses_unavailable_devices_by_name():
     snn = _convert("subtract", dtype=torch.float32)
-    images = random_images(6, seed=1, dtype=torch.float32)
+    images = grid_images(6, seed=1, dtype=torch.float32)
     here = spikeconv.simulate(snn, images, T=20, device="cpu", record_trains=True)
     _assert_same(here, spikeconv.simulate(snn, images, T=20, record_trains=True))
     with pytest.raises(ValueError, match="device 'gpu0' is not a torch device"):
@@ -281,8 +283,7 @@ def test_cuda_simulation_gives_the_cpu_spikes_on_exact_sums():
     """Weights on a 2^-8 grid make every sum exact, so the GPU's summation order cannot
     change a spike: the same spikes as the step-by-step reference on the CPU."""
     snn = _convert("subtract", dtype=torch.float32, rule="maxnorm")
-    round_parameters(snn)
-    images = on_grid(random_images(8, seed=2, dtype=torch.float32))
+    images = grid_images(8, seed=2, dtype=torch.float32)
     reference = spikeconv.simulate(snn, images, T=30, method="reference", record_trains=True)
     on_gpu = spikeconv.simulate(snn, images, T=30, device="cuda", record_trains=True)
     _assert_same(on_gpu, reference)
