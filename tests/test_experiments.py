@@ -98,7 +98,7 @@ def test_cli_experiment_writes_json_markdown_png_and_refuses_mismatched_resume(t
     assert "| 16 |" in (tmp_path / "fixed-point.md").read_text()
     capsys.readouterr()
     assert main([a if a != "20" else "30" for a in args]) == 2
-    assert "other settings" in capsys.readouterr().err
+    assert "another model, data or settings (T: 20 then, 30 now)" in capsys.readouterr().err
     assert main(["experiment", "stats", "--model", str(model_path), "--out-dir", str(tmp_path), "--quiet"]) == 0
     stats = json.loads((tmp_path / "stats.json").read_text())["result"]
     assert stats["layers"][0]["unsaturated_after_ceil"] >= stats["layers"][0]["unsaturated_before_ceil"]

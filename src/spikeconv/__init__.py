@@ -9,6 +9,7 @@ neurons, simulate them fast and measure accuracy over time, latency and spikes.
 from .calibrate import ActivationStats, LayerStats, calibrate
 from .convert import build_snn, convert
 from .graph import ConversionError, TracedNetwork, UnsupportedModelError, trace
+from .inputs import InputRangeWarning
 from .network import SpikingNetwork
 from .neurons import IFParams, if_step
 from .rules import RULES, Mapping, map_scales
@@ -20,6 +21,7 @@ __all__ = [
     "ActivationStats",
     "ConversionError",
     "IFParams",
+    "InputRangeWarning",
     "LayerStats",
     "Mapping",
     "RULES",

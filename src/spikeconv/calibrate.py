@@ -10,6 +10,7 @@ converted model so other rules can be mapped without another pass.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .graph import ConversionError, Stage, TracedNetwork
-from .inputs import iter_batches
+from .inputs import InputRangeWarning, iter_batches, range_text, value_range, warn_user
 
 __all__ = ["ActivationObserver", "LayerStats", "ActivationStats", "calibrate"]
 
@@ -180,6 +181,7 @@ class ActivationStats:
 
     layers: tuple[LayerStats, ...]
     images: int
+    input_range: tuple[float, float] | None = None  # smallest and largest pixel of the calibration images
 
     def __getitem__(self, name: str) -> LayerStats:
         for layer in self.layers:
@@ -196,13 +198,16 @@ def calibrate(traced: TracedNetwork, data: Tensor | Iterable, *, max_images: int
     negatives = [_negative_part(stage) for stage in traced.stages]
     dtype = _dtype(traced)
     seen = 0
-    for x, _ in iter_batches(data, batch_size=500, input_shape=traced.input_shape):
+    low, high = math.inf, -math.inf
+    for x, _ in iter_batches(data, batch_size=500, input_shape=traced.input_shape, what="calibration_data"):
         if max_images is not None:
             x = x[: max_images - seen]
         if not len(x):
             break
         seen += len(x)
         x = x.to(dtype)
+        batch_low, batch_high = value_range(x)
+        low, high = min(low, batch_low), max(high, batch_high)
         outputs: list[Tensor] = []
         for stage, negative, observer in zip(traced.stages, negatives, observers, strict=True):
             inputs = [x if s < 0 else outputs[s] for s in stage.sources]
@@ -213,7 +218,18 @@ def calibrate(traced: TracedNetwork, data: Tensor | Iterable, *, max_images: int
             break
     if seen == 0:
         raise ConversionError("the calibration data is empty: pass at least one image")
-    return ActivationStats(layers=tuple(o.stats(s.name) for o, s in zip(observers, traced.stages)), images=seen)
+    if low < 0.0 or high > 1.0:
+        warn_user(
+            InputRangeWarning(
+                f"calibration_data span {range_text(low, high)}, outside [0, 1]: the spiking network reads pixels as "
+                "input currents and spike probabilities of this range. Divide 0..255 images by 255; mean/std-"
+                "normalized images can only be simulated with coding='constant' (Poisson and deterministic coding "
+                "refuse values outside [0, 1])"
+            )
+        )
+    return ActivationStats(
+        layers=tuple(o.stats(s.name) for o, s in zip(observers, traced.stages)), images=seen, input_range=(low, high)
+    )
 
 
 def _negative_part(stage: Stage) -> nn.Module | None:

@@ -20,10 +20,10 @@ from .encoders import CODINGS
 from .experiments import run_demo, yang
 from .experiments.yang_report import REPORTS
 from .graph import ConversionError, trace
-from .io import write_json, write_text
+from .io import fingerprint, write_json, write_text
 from .metrics import conversion_loss, rate_correlation
 from .models import ZOO
-from .network import READOUTS
+from .network import READOUTS, SpikingNetwork
 from .neurons import RATE_ESTIMATES, RESETS
 from .plotting import plot_accuracy
 from .rules import BASES, RULES
@@ -59,6 +59,17 @@ def _steps(text: str) -> list[int]:
     return steps
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show (None, a flag's
+    False) or the help text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False) or "default" in text or action.default is argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
+
+
 def _add_data(parser: argparse.ArgumentParser, default: str | None = None) -> None:
     parser.add_argument(
         "--dataset", choices=DATASETS, default=default, help="dataset (default: the one the model was made for)"
@@ -70,27 +81,33 @@ def _add_data(parser: argparse.ArgumentParser, default: str | None = None) -> No
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="spikeconv", description="Convert trained CNNs into spiking networks, simulate and measure them."
-    )
+        prog="spikeconv", description="Convert trained CNNs into spiking networks, simulate and measure them.",
+        formatter_class=_HelpFormatter,
+    )  # fmt: skip
     parser.add_argument("--version", action="version", version=f"spikeconv {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
-    common.add_argument("--quiet", action="store_true", help="no progress bars")
+    common.add_argument(
+        "--quiet", action="store_true", help="no progress bars or per-epoch lines (bars are only drawn on a terminal)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", parents=[common], help="train a zoo model (seeded; resumes from --out if it exists)")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], help=help, description=help, formatter_class=_HelpFormatter)
+
+    p = command("train", "train a zoo model (seeded; resumes from --out if it exists)")
     p.add_argument("--model", choices=list(ZOO), required=True, help="architecture from the zoo")
     _add_data(p)
-    p.add_argument("--epochs", type=_positive_int, default=10)
-    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--epochs", type=_positive_int, default=10, help="training epochs")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="images per optimizer step")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (cosine-annealed)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights, shuffling and augmentation")
     p.add_argument("--crop", type=_positive_int, default=None, help="random crops of this size (test: centre crops)")
     p.add_argument("--flip", action="store_true", help="random horizontal flips")
     p.add_argument("--pad", type=int, default=0, help="zero-pad by this many pixels before the random crop (CIFAR-10: 4)")
     p.add_argument("--out", type=Path, required=True, help="checkpoint file (written after every epoch)")
 
-    p = sub.add_parser("convert", parents=[common], help="convert a trained model into a spiking network")
+    p = command("convert", "convert a trained model into a spiking network")
     p.add_argument("--model", type=Path, required=True, help="checkpoint written by `spikeconv train`")
     _add_data(p)
     p.add_argument("--rule", choices=list(RULES), default="nscaling", help="weight/threshold mapping rule")
@@ -99,26 +116,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="nscaling: the n of f = n * a_M (default 0.5), or 'auto': the smallest n with >= 90 %% unsaturated",
     )  # fmt: skip
     p.add_argument("--p", type=float, default=None, help="robust/channelwise: the percentile (default 99.9)")
-    p.add_argument("--base", choices=list(BASES), default=None, help="threshold: whose scales to use")
+    p.add_argument("--base", choices=list(BASES), default=None, help="threshold: whose scales to use (default: maxnorm)")
     p.add_argument("--maxpool-rate", choices=RATE_ESTIMATES, default="count", help="max-pool gate rate estimate")
     p.add_argument("--maxpool-decay", type=float, default=0.9, help="max-pool gate: decay of the ewma estimate")
-    p.add_argument("--reset", choices=RESETS, default="zero")
+    p.add_argument(
+        "--reset", choices=RESETS, default="subtract",
+        help="what a spike does to the membrane: subtract the threshold (right for any net) or set it to zero "
+        "(Yang et al.; see the README for when)",
+    )  # fmt: skip
     p.add_argument("--v-min", default="auto", help="membrane lower bound: auto (Yang eq. 17), none, or a number")
-    p.add_argument("--readout", choices=READOUTS, default="spikes")
+    p.add_argument(
+        "--readout", choices=READOUTS, default="spikes",
+        help="class = most output spikes (ties: membrane), largest output membrane, or spiking softmax (Rueckauer)",
+    )  # fmt: skip
     p.add_argument("--spiking-pool", action="store_true", help="give average pools their own IF neurons (Yang)")
     p.add_argument("--calibration-size", type=_positive_int, default=5000, help="training images for statistics")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration subset")
     p.add_argument("--out", type=Path, required=True, help="where to write the converted network")
 
-    p = sub.add_parser("evaluate", parents=[common], help="simulate converted networks on the test set; JSON and a plot")
+    p = command("evaluate", "simulate converted networks on the test set; JSON and a plot")
     p.add_argument("--snn", type=Path, nargs="+", required=True, help="files written by `spikeconv convert`")
     _add_data(p)
     p.add_argument("-T", "--T", dest="T", type=_positive_int, default=100, help="time steps")
-    p.add_argument("--coding", choices=CODINGS, default="constant")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=_positive_int, default=100)
+    p.add_argument("--coding", choices=CODINGS, default="constant", help="input coding (constant: analog current)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the test subset and of the Poisson draws")
+    p.add_argument("--batch-size", type=_positive_int, default=100, help="images simulated at once")
     p.add_argument("--test-size", type=_positive_int, default=None, help="a seeded subset of the test set")
-    p.add_argument("--steps", type=_steps, default=None, help="steps to print, e.g. 10,20,50,100")
+    p.add_argument("--steps", type=_steps, default=None, help="steps to print, each <= T, e.g. 10,20,50,100")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cpu)")
     p.add_argument(
         "--correlation-images", type=_positive_int, default=100,
@@ -127,31 +151,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="results JSON")
     p.add_argument("--plot", type=Path, default=None, help="PNG of accuracy against time step")
 
-    p = sub.add_parser(
-        "experiment", parents=[common],
-        help="Yang et al. 2020 Sec. 4 experiments: stats, sweep-n, fixed-point, noise, spikes (JSON, markdown, PNG)",
-    )  # fmt: skip
+    p = command(
+        "experiment",
+        "Yang et al. 2020 Sec. 4 experiments: stats, sweep-n, fixed-point, noise, spikes (JSON, markdown, PNG); "
+        "Yang's setting: reset to zero, Poisson input",
+    )
     p.add_argument("name", choices=list(REPORTS), help="which experiment")
     p.add_argument("--model", type=Path, required=True, help="checkpoint written by `spikeconv train`")
     _add_data(p)
-    p.add_argument("--out-dir", type=Path, default=Path("experiments_out"))
+    p.add_argument("--out-dir", type=Path, default=Path("experiments_out"), help="where NAME.json/.md/.png go")
     p.add_argument("-T", "--T", dest="T", type=_positive_int, default=None, help="time steps (default: per experiment)")
-    p.add_argument("--coding", choices=CODINGS, default="poisson")
+    p.add_argument("--coding", choices=CODINGS, default="poisson", help="input coding (Yang et al.: poisson)")
     p.add_argument("--n", type=float, default=0.5, help="n of the n-scaling rule (stats, fixed-point, noise, spikes)")
     p.add_argument("--test-size", type=_positive_int, default=None, help="a seeded subset of the test set")
     p.add_argument("--calibration-size", type=_positive_int, default=5000, help="training images for statistics")
     p.add_argument("--repeats", type=_positive_int, default=5, help="noise: seeded draws per level")
     p.add_argument("--widths", type=_steps, default=list(range(8, 17)), help="fixed-point: total widths, e.g. 8,12,16")
-    p.add_argument("--batch-size", type=_positive_int, default=200)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--force", action="store_true", help="start afresh instead of resuming --out-dir/NAME.json")
+    p.add_argument("--batch-size", type=_positive_int, default=200, help="images simulated at once")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subsets and of the Poisson draws")
+    p.add_argument(
+        "--force", action="store_true",
+        help="start afresh instead of resuming --out-dir/NAME.json (a run resumes only with the same model, data "
+        "and settings)",
+    )  # fmt: skip
 
-    p = sub.add_parser("demo", parents=[common], help="train on the embedded 8x8 digits, convert, simulate, plot")
-    p.add_argument("--out-dir", type=Path, default=Path("demo_out"))
-    p.add_argument("--epochs", type=_positive_int, default=30)
-    p.add_argument("-T", "--T", dest="T", type=_positive_int, default=200)
-    p.add_argument("--coding", choices=CODINGS, default="poisson", help="input coding (Yang: poisson)")
-    p.add_argument("--seed", type=int, default=0)
+    p = command("demo", "train on the embedded 8x8 digits, convert with maxnorm and nscaling, simulate, plot")
+    p.add_argument("--out-dir", type=Path, default=Path("demo_out"), help="where the model, JSON, table and plot go")
+    p.add_argument("--epochs", type=_positive_int, default=30, help="training epochs")
+    p.add_argument("-T", "--T", dest="T", type=_positive_int, default=200, help="time steps")
+    p.add_argument("--coding", choices=CODINGS, default="constant", help="input coding (constant: analog current)")
+    p.add_argument("--seed", type=int, default=0, help="seed of training and of the Poisson draws")
     return parser
 
 
@@ -159,11 +188,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    # Bars only where someone watches: in a log file they are thousands of lines.
+    args.progress = not args.quiet and sys.stderr.isatty()
     try:
         return int(COMMANDS[args.command](args) or 0)
-    except (ConversionError, DatasetNotFoundError, FileNotFoundError, ValueError, TypeError) as error:
+    except (ConversionError, DatasetNotFoundError, OSError, ValueError, TypeError) as error:
         print(f"spikeconv {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"spikeconv {args.command}: interrupted; results written so far are complete files", file=sys.stderr)
+        return 130
 
 
 def _dataset_name(args: argparse.Namespace, arch: str) -> str:
@@ -174,20 +208,46 @@ def _dataset_name(args: argparse.Namespace, arch: str) -> str:
 
 
 def fit_to_model(data: ImageDataset, input_shape: tuple[int, ...]) -> ImageDataset:
-    """Centre-crop images larger than the model's input (Yang's 24x24 CIFAR-10 test
-    protocol); any other mismatch is left for the shape check to report."""
-    if data.input_shape != tuple(input_shape) and data.input_shape[0] == input_shape[0]:
-        if data.input_shape[1] > input_shape[1] and input_shape[1] == input_shape[2]:
+    """Centre-crop images somewhat larger than the model's input, keeping at least half of
+    each side (Yang's 24x24 CIFAR-10 test protocol); any other mismatch (a 28x28 dataset
+    for an 8x8 model) is left for the shape check to report."""
+    c, h, w = data.input_shape
+    if data.input_shape != tuple(input_shape) and c == input_shape[0] and input_shape[1] == input_shape[2]:
+        if h == w and input_shape[1] < h <= 2 * input_shape[1]:
             return data.center_crop(input_shape[1])
     return data
 
 
 def _load_for_model(
-    name: str, split: str, root: Path | None, input_shape: tuple[int, ...], size: int | None, seed: int
+    name: str,
+    split: str,
+    root: Path | None,
+    input_shape: tuple[int, ...],
+    size: int | None,
+    seed: int,
+    classes: int | None = None,
 ) -> ImageDataset:
     """A seeded subset of ``size`` images of one split (all when ``None``), fitted to the
-    model's input (the subset picks the same images whether cropped before or after)."""
-    return fit_to_model(load_dataset(name, split, root).subset(size, seed=seed), input_shape)
+    model's input (the subset picks the same images whether cropped before or after);
+    refused, naming both, when its images or classes do not fit the model's."""
+    data = fit_to_model(load_dataset(name, split, root).subset(size, seed=seed), input_shape)
+    if data.input_shape != tuple(input_shape):
+        raise ValueError(
+            f"dataset {name!r} has {split} images of shape {data.input_shape}, but the model takes "
+            f"{tuple(input_shape)}: pass the --dataset the model was trained on"
+        )
+    if classes is not None and data.num_classes > classes:
+        raise ValueError(
+            f"dataset {name!r} has {data.num_classes} classes, but the model has {classes} outputs: pass the "
+            "--dataset the model was trained on"
+        )
+    return data
+
+
+def _classes(snn: SpikingNetwork) -> int:
+    """The number of output neurons (classes) of a converted network."""
+    with torch.no_grad():
+        return int(snn.analog_forward(torch.zeros(1, *snn.input_shape))[-1].shape[1])
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -197,7 +257,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     options = TrainOptions(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, crop=args.crop, flip=args.flip, pad=args.pad
     )
-    _, record = train(args.model, train_set, test_set, options, args.out, progress=not args.quiet)
+    _, record = train(args.model, train_set, test_set, options, args.out, progress=args.progress, log=not args.quiet)
     print(f"{args.model}: test accuracy {record['history'][-1]['test_accuracy']:.2f} % -> {args.out}")
 
 
@@ -239,6 +299,8 @@ def _cmd_convert(args: argparse.Namespace) -> None:
     assert snn.info is not None
     mapping = snn.info.mapping
     print(f"{record['arch']} -> {args.rule} ({stats.images} calibration images), reset {args.reset}")
+    if args.n == "auto":
+        print(f"n = {mapping.options['n']:g} ({mapping.options['n_chosen_by']})")
     print(f"{'layer':>8} {'a_M':>10} {'f':>10} {'lambda':>10} {'unsaturated':>12} {'V_min^l':>10}")
     for layer in mapping.layers:
         print(
@@ -249,6 +311,8 @@ def _cmd_convert(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
+    if args.steps and max(args.steps) > args.T:
+        raise ValueError(f"--steps {max(args.steps)} is beyond -T {args.T}: simulate longer or ask for steps <= T")
     results: dict[str, Any] = {"T": args.T, "coding": args.coding, "seed": args.seed, "networks": {}}
     curves = {}
     ann_accuracy = None
@@ -257,13 +321,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         name = args.dataset or (ann or {}).get("dataset")
         if name is None:
             raise ValueError(f"{path} does not record its dataset: pass --dataset")
-        test = _load_for_model(name, "test", args.data_root, snn.input_shape, args.test_size, args.seed)
+        test = _load_for_model(
+            name, "test", args.data_root, snn.input_shape, args.test_size, args.seed, classes=_classes(snn)
+        )
         entry: dict[str, Any] = {"dataset": name}
         if ann is not None:
             ann_accuracy = entry["ann_accuracy"] = evaluate_ann(model_from_record(ann), test)
         result = simulate(
             snn, test, T=args.T, coding=args.coding, seed=args.seed, batch_size=args.batch_size,
-            device=args.device, progress=not args.quiet,
+            device=args.device, progress=args.progress,
         )  # fmt: skip
         entry.update(result.to_dict())
         sample = test.tensors()[0][: args.correlation_images]
@@ -276,10 +342,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         results["networks"][label] = entry
         curves[label] = result.accuracy_curve()
         steps = args.steps or sorted({s for s in (10, 20, 50, 100, 200, 500, 1000) if s < args.T} | {args.T})
-        shown = ", ".join(f"T={s}: {result.accuracy_at(s):.2f} %" for s in steps if s <= args.T)
+        shown = ", ".join(f"T={s}: {result.accuracy_at(s):.2f} %" for s in steps)
         ann_text = f"ANN {ann_accuracy:.2f} %, " if ann_accuracy is not None else ""
         print(f"{label} ({len(test)} images): {ann_text}{shown}")
-        print(f"  latency(0.1 pp) {result.latency():d} steps, {entry['spikes_per_image']:.0f} spikes/image")
+        print(
+            f"  latency {result.latency():d} steps (within ±{result.latency_margin:.2f} pp of the final accuracy), "
+            f"{entry['spikes_per_image']:.0f} spikes/image"
+        )
         correlations = ", ".join(f"{k}: {v['correlation']:.3f}" for k, v in entry["rate_correlation"].items())
         print(f"  rate-activation correlation per layer ({len(sample)} images): {correlations}")
     if args.out:
@@ -290,6 +359,26 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         print(f"plot -> {args.plot}")
 
 
+def _resumable(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """The results of the earlier run in ``path``, when it had exactly ``settings`` (the
+    model file's path aside: the same weights elsewhere are the same model)."""
+    try:
+        previous = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not the JSON of an earlier run ({error}): pass --force or another --out-dir") from None
+    before = previous.get("settings") if isinstance(previous, dict) else None
+    if not isinstance(before, dict):
+        raise ValueError(f"{path} is not the JSON of an earlier run: pass --force or another --out-dir")
+    differ = sorted(k for k in set(before) | set(settings) if k != "model_file" and before.get(k) != settings.get(k))
+    if differ:
+        what = ", ".join(f"{k}: {before.get(k)!r} then, {settings.get(k)!r} now" for k in differ)
+        raise ValueError(
+            f"{path} holds a run of another model, data or settings ({what}): pass --force to start afresh or "
+            "another --out-dir"
+        )
+    return dict(previous.get("result", {}))
+
+
 EXPERIMENT_T = {"sweep-n": 200, "fixed-point": 100, "noise": 100, "spikes": 200, "stats": 0}
 
 
@@ -298,30 +387,29 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
     name = _dataset_name(args, record["arch"])
     shape = tuple(record["input_shape"])
     T = args.T or EXPERIMENT_T[args.name]
+    calibration = _load_for_model(name, "train", args.data_root, shape, args.calibration_size, args.seed)
+    test = _load_for_model(name, "test", args.data_root, shape, args.test_size, args.seed)
+    # A run resumes only what was computed from the same weights, images and settings: the
+    # file's path alone would let a JSON written for another model at that path mix in.
     settings = {
-        "model": str(args.model), "dataset": name, "T": T, "coding": args.coding, "n": args.n, "seed": args.seed,
-        "test_size": args.test_size, "calibration_size": args.calibration_size, "repeats": args.repeats,
+        "model": fingerprint([record["arch"], record["state_dict"]]),
+        "data": fingerprint([name, calibration.images, test.images, test.labels]),
+        "model_file": str(args.model), "dataset": name, "T": T, "coding": args.coding, "n": args.n,
+        "seed": args.seed, "test_size": args.test_size, "calibration_size": args.calibration_size,
+        "repeats": args.repeats, "widths": args.widths, "batch_size": args.batch_size,
     }  # fmt: skip
     out_json = args.out_dir / f"{args.name}.json"
     done: dict[str, Any] = {}
     if out_json.exists() and not args.force:
-        previous = json.loads(out_json.read_text())
-        if previous.get("settings") != settings:
-            raise ValueError(
-                f"{out_json} holds a run with other settings ({previous.get('settings')}): pass --force to start "
-                "afresh or another --out-dir"
-            )
-        done = previous.get("result", {})
+        done = _resumable(out_json, settings)
         print(f"resuming {out_json}")
-    calibration = _load_for_model(name, "train", args.data_root, shape, args.calibration_size, args.seed)
-    test = _load_for_model(name, "test", args.data_root, shape, args.test_size, args.seed)
     traced = trace(model, shape)
     stats = calibrate(traced, calibration.tensors()[0], max_images=None)
 
     def save(result: dict[str, Any]) -> None:
         write_json(out_json, {"experiment": args.name, "settings": settings, "result": result})
 
-    progress = not args.quiet
+    progress = args.progress
     common = {"coding": args.coding, "seed": args.seed, "batch_size": args.batch_size}
     if args.name == "stats":
         result = yang.activation_statistics(traced, stats, n=args.n)
@@ -350,7 +438,8 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
 
 def _cmd_demo(args: argparse.Namespace) -> None:
     record = run_demo(
-        args.out_dir, epochs=args.epochs, T=args.T, coding=args.coding, seed=args.seed, progress=not args.quiet
+        args.out_dir, epochs=args.epochs, T=args.T, coding=args.coding, seed=args.seed, progress=args.progress,
+        log=not args.quiet,
     )
     print(record["table"])
     print(f"results -> {args.out_dir / 'demo.json'}, plot -> {args.out_dir / 'accuracy.png'}")

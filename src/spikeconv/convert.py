@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ def build_snn(
     stats: ActivationStats,
     rule: str = "nscaling",
     *,
-    reset: str = "zero",
+    reset: str = "subtract",
     v_min: float | str | None = "auto",
     readout: Readout = "spikes",
     maxpool_rate: str = "count",
@@ -46,6 +47,9 @@ def build_snn(
     """Map the traced ANN onto IF neurons with ``rule`` (``maxnorm``, ``robust``,
     ``channelwise``, ``nscaling``, ``threshold``) and its options (e.g. ``n=0.5`` for
     ``nscaling``, ``p=99.9`` for ``robust``).
+
+    ``reset``: ``"subtract"`` (reset by subtraction, Rueckauer eq. 4b; the default, right for
+    any network) or ``"zero"`` (Yang's setting; see the README for when it is the right choice).
 
     ``v_min``: ``"auto"`` bounds the membrane at the rule's V_min (Yang eq. 17, the global
     minimum over layers) for ``reset="zero"`` and leaves it unbounded for ``"subtract"``;
@@ -64,10 +68,12 @@ def build_snn(
     mapping = map_scales(traced, stats, rule, **rule_options)
     if v_min == "auto":
         bound: float | None = mapping.v_min if reset == "zero" else None
-    elif v_min is None or isinstance(v_min, (int, float)):
-        bound = None if v_min is None else float(v_min)
+    elif v_min is None:
+        bound = None
+    elif isinstance(v_min, (int, float)) and not isinstance(v_min, bool) and math.isfinite(v_min) and v_min <= 0:
+        bound = float(v_min)
     else:
-        raise ValueError(f"v_min must be 'auto', None or a number <= 0, got {v_min!r}")
+        raise ValueError(f"v_min must be 'auto', None or a finite number <= 0, got {v_min!r}")
     shapes = traced.output_shapes()
     scales = [layer.scale_value for layer in mapping.layers]
     stages = []
@@ -280,7 +286,7 @@ def convert(
     model: nn.Module,
     calibration_data: Tensor | Iterable,
     rule: str = "nscaling",
-    reset: str = "zero",
+    reset: str = "subtract",
     *,
     input_shape: tuple[int, ...] | None = None,
     calibration_size: int | None = 5000,
@@ -297,9 +303,18 @@ def convert(
     ``calibration_data``: a tensor of images in [0, 1] or an iterable of batches (tensors
     or ``(x, y)`` pairs); at most ``calibration_size`` images are used. ``input_shape`` is
     read from the data when not given. See :func:`build_snn` for the other options."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"convert() takes the trained ANN as a torch.nn.Module, got {type(model).__name__}: pass the model "
+            "itself (for a checkpoint, build the model and load_state_dict first)"
+        )
     if isinstance(calibration_data, ActivationStats):
         raise TypeError("pass statistics to build_snn(trace(model, shape), stats, ...), not to convert()")
-    batches = iter_batches(calibration_data, batch_size=500)
+    if calibration_size is not None and (
+        not isinstance(calibration_size, int) or isinstance(calibration_size, bool) or calibration_size <= 0
+    ):
+        raise ValueError(f"calibration_size must be a positive number of images or None (all), got {calibration_size!r}")
+    batches = iter_batches(calibration_data, batch_size=500, what="calibration_data")
     first = next(batches, None)
     if first is None:
         raise ConversionError("the calibration data is empty: pass at least one image")

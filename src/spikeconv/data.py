@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,18 +130,29 @@ def load_digits(split: str = "train") -> ImageDataset:
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (optionally gzip-compressed): the format of the MNIST distribution."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        data = handle.read()
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:  # a cut-off or damaged .gz
+        raise ValueError(f"{path} is not a complete gzip file ({error}): download it again") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise ValueError(f"{path} is not an IDX file (bad magic number)")
     type_code, ndim = data[2], data[3]
     dtypes: dict[int, Any] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
     if type_code not in dtypes:
         raise ValueError(f"{path}: unknown IDX element type 0x{type_code:02x}")
-    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
-    array = np.frombuffer(data, dtype=dtypes[type_code], offset=4 + 4 * ndim)
-    if array.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: header says shape {shape} but the file holds {array.size} elements")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ValueError(f"{path} is truncated: its {ndim}-d header needs {header} bytes, the file has {len(data)}")
+    shape = struct.unpack(f">{ndim}I", data[4:header])
+    itemsize = np.dtype(dtypes[type_code]).itemsize
+    expected = int(np.prod(shape, dtype=np.int64)) * itemsize
+    if len(data) - header != expected:
+        raise ValueError(
+            f"{path}: header says shape {shape} ({expected} bytes of data) but the file holds {len(data) - header}: "
+            "it is truncated or damaged; download it again"
+        )
+    array = np.frombuffer(data, dtype=dtypes[type_code], offset=header)
     return array.reshape(shape)
 
 
@@ -195,8 +207,11 @@ def load_image_folder(path: str | Path, *, grayscale: bool = False) -> ImageData
         for file in sorted(class_dir.iterdir()):
             if file.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            with Image.open(file) as image:
-                array = np.asarray(image.convert("L" if grayscale else "RGB"), dtype=np.uint8)
+            try:
+                with Image.open(file) as image:
+                    array = np.asarray(image.convert("L" if grayscale else "RGB"), dtype=np.uint8)
+            except (OSError, SyntaxError) as error:  # Pillow's UnidentifiedImageError is an OSError
+                raise ValueError(f"{file} cannot be read as an image ({error}): remove or replace it") from None
             if arrays and array.shape != arrays[0].shape:
                 raise ValueError(f"{file} is {array.shape[:2]} but earlier images are {arrays[0].shape[:2]}")
             arrays.append(array)
@@ -228,7 +243,10 @@ def load_svhn(root: str | Path, split: str = "train") -> ImageDataset:
             f"SVHN {split} file not found: expected {name} in {root} or {root / 'SVHN'}. "
             "Point --data-root (data_root=) at the folder that contains it."
         )
-    mat = loadmat(path)
+    try:
+        mat = loadmat(path)
+    except (ValueError, TypeError, OSError) as error:  # scipy's reports of a damaged or foreign file
+        raise ValueError(f"{path} cannot be read as a MATLAB file ({error}): download it again") from None
     if "X" not in mat or "y" not in mat:
         raise ValueError(f"{path} has no 'X' and 'y' arrays: not an SVHN cropped-digits file")
     images = torch.from_numpy(np.ascontiguousarray(mat["X"].transpose(3, 2, 0, 1)).astype(np.uint8))

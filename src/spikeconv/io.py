@@ -1,7 +1,9 @@
-"""Atomic file writes: a crash or Ctrl-C never leaves a half-written result behind."""
+"""Atomic file writes (a crash or Ctrl-C never leaves a half-written result behind) and
+content fingerprints (what a resumed run checks it continues)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -11,12 +13,18 @@ from typing import Any
 
 import torch
 
-__all__ = ["write_json", "write_text", "save_torch", "load_torch"]
+__all__ = ["write_json", "write_text", "save_torch", "load_torch", "fingerprint"]
 
 
 def _atomic_target(path: Path) -> tuple[int, str]:
+    """A temporary file beside ``path``, with the permissions a plain ``open`` would give
+    (mkstemp makes it 0600, which a rename would carry over to the result)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+    return fd, tmp
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -62,3 +70,30 @@ def load_torch(path: str | Path, what: str) -> Any:
             f"{what} file {path} cannot be read ({type(error).__name__}: {str(error)[:200]}): "
             "it is truncated or not a file spikeconv wrote"
         ) from error
+
+
+def fingerprint(value: Any) -> str:
+    """A SHA-256 digest (16 hex digits) of ``value``'s content: tensors (dtype, shape and
+    bytes), mappings (in key order), sequences, strings and numbers. Two runs with equal
+    fingerprints saw the same model weights, data and settings."""
+    digest = hashlib.sha256()
+    _feed(digest, value)
+    return digest.hexdigest()[:16]
+
+
+def _feed(digest: Any, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        digest.update(f"tensor {t.dtype} {tuple(t.shape)};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(value, dict):
+        digest.update(f"dict {len(value)};".encode())
+        for key in sorted(value, key=str):
+            _feed(digest, str(key))
+            _feed(digest, value[key])
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"seq {len(value)};".encode())
+        for item in value:
+            _feed(digest, item)
+    else:
+        digest.update(f"{type(value).__name__} {value!r};".encode())

@@ -33,7 +33,7 @@ class IFParams:
     """Parameters of one layer of IF neurons."""
 
     threshold: float | Tensor = 1.0  # firing threshold tau^l; per channel: shape [C, 1, 1] or [F]
-    reset: Reset = "zero"  # what a spike does to the membrane
+    reset: Reset = "subtract"  # what a spike does to the membrane
     v_min: float | Tensor | None = None  # lower bound of the membrane potential; None: unbounded
 
     def __post_init__(self) -> None:

@@ -32,7 +32,9 @@ from . import _kernel
 from .encoders import CODINGS, encode
 from .events import EventSynapse, event_synapses
 from .fixedpoint import FixedPoint, quantize_network
-from .inputs import iter_batches
+from .inputs import (
+    InputRangeWarning, check_coding_range, check_labels, iter_batches, outside, range_text, value_range, warn_user,
+)
 from .neurons import if_step, maxpool_gate, softmax_spikes
 from .network import SpikingNetwork, SpikingStage
 
@@ -100,12 +102,21 @@ class SimulationResult:
             raise ValueError(f"t must be in 1..{self.T}, got {t}")
         return float(self.accuracy_curve()[t - 1])
 
-    def latency(self, margin: float = 0.1) -> int:
+    def latency(self, margin: float | None = None) -> int:
         """First step from which the accuracy stays within ``margin`` percentage points of
-        its final value."""
+        its final value; by default :attr:`latency_margin`, what this many test images can
+        resolve (:func:`spikeconv.metrics.latency_margin`)."""
         from .metrics import latency
 
-        return latency(self.accuracy_curve(), margin)
+        return latency(self.accuracy_curve(), self.latency_margin if margin is None else margin)
+
+    @property
+    def latency_margin(self) -> float:
+        """The default margin of :meth:`latency`, in percentage points: the 95 % confidence
+        bound of the final accuracy on these images, at least one image and 0.1 pp."""
+        from .metrics import latency_margin
+
+        return latency_margin(self.final_accuracy, self.num_images)
 
     def steps_to_reach(self, target: float) -> int | None:
         """First step at which the accuracy reaches ``target`` percent (``None``: never)."""
@@ -140,7 +151,8 @@ class SimulationResult:
             out["final_accuracy"] = float(accuracy[-1])
             chosen = steps if steps is not None else list(range(1, self.T + 1))
             out["accuracy"] = {str(t): float(accuracy[t - 1]) for t in chosen if 1 <= t <= self.T}
-            out["latency_0.1"] = self.latency(0.1)
+            out["latency"] = self.latency()
+            out["latency_margin_pp"] = self.latency_margin
         return out
 
 
@@ -183,8 +195,16 @@ def simulate(
     spikes event by event where that gives exactly the dense sums (weights on a power-of-two
     grid, as in fixed point; see :mod:`spikeconv.events`). The results are the same either
     way."""
-    if not isinstance(T, int) or isinstance(T, bool) or T <= 0:
+    if not _is_int(T) or T <= 0:
         raise ValueError(f"T (number of time steps) must be a positive integer, got {T!r}")
+    for name, value, low in (("batch_size", batch_size, 1), ("memory_bytes", memory_bytes, 1), ("seed", seed, 0)):
+        if not _is_int(value) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if seed >= 2**62:
+        raise ValueError(f"seed must be below 2**62, got {seed}")
+    for name, bits in (("fixed_point_bits", fixed_point_bits), ("integer_bits", integer_bits)):
+        if bits is not None and (not _is_int(bits) or bits < 0):
+            raise ValueError(f"{name} must be a non-negative integer or None, got {bits!r}")
     if coding not in CODINGS:
         raise ValueError(f"coding must be one of {CODINGS}, got {coding!r}")
     if method not in METHODS:
@@ -206,7 +226,9 @@ def simulate(
     records: list[_BatchRecord] = []
     labels: list[Tensor] = []
     numels: list[int] | None = None
-    batches = iter_batches(data, batch_size=batch_size, input_shape=snn.input_shape)
+    batches = iter_batches(data, batch_size=batch_size, input_shape=snn.input_shape, what="simulate data")
+    calibrated = snn.info.stats.input_range if snn.info is not None else None
+    checked = _DataChecks(coding, calibrated)
     total = len(data) if hasattr(data, "__len__") and not isinstance(data, tuple) else None
     bar = tqdm(total=total, unit="img", desc=f"simulate T={T}", disable=not progress)
     events: dict[int, EventSynapse] | None = None
@@ -218,6 +240,7 @@ def simulate(
                 numels = [math.prod(shape) for shape in shapes]
                 use_events = event_driven and method == "fast"
                 events = _event_synapses(snn, shapes, device) if use_events else {}
+            checked(x, y, numels[-1])
             generators = (generator, softmax_generator)
             step_bytes = (int(x[0].numel()) + 2 * sum(numels)) * x.element_size()  # per image
             random_draws = coding == "poisson" or snn.readout == "softmax"
@@ -260,6 +283,42 @@ def simulate(
         spike_counts={n: cat([r.counts[i] for r in records]) for i, n in enumerate(names)} if record_counts else None,
         spike_trains={n: cat([r.trains[i] for r in records], 1) for i, n in enumerate(names)} if record_trains else None,
     )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class _DataChecks:
+    """What a batch of simulated data must satisfy beyond its shape (checked in
+    :func:`spikeconv.inputs.iter_batches`): labels that are classes of the network; values a
+    spike coding can represent; for analog input, a warning when the images reach far
+    beyond the calibration images' range (a 0..255 batch for a network calibrated on
+    0..1 images fires at a rate the conversion never planned for)."""
+
+    def __init__(self, coding: str, calibrated: tuple[float, float] | None) -> None:
+        self.coding = coding
+        self.calibrated = calibrated
+        self.seen = 0
+        self.warned = False
+
+    def __call__(self, x: Tensor, y: Tensor | None, classes: int) -> None:
+        if y is not None:
+            check_labels(y, classes, "simulate data", self.seen)
+        if self.coding != "constant":
+            check_coding_range(x, self.coding, "simulate data", self.seen)
+        elif self.calibrated is not None and not self.warned:
+            low, high = value_range(x)
+            if outside(low, high, self.calibrated):
+                self.warned = True
+                warn_user(
+                    InputRangeWarning(
+                        f"simulate data: images {self.seen}..{self.seen + len(x) - 1} span {range_text(low, high)}, "
+                        f"far outside the calibration images' {range_text(*self.calibrated)}: the network was "
+                        "normalized for the calibration data; preprocess both alike (e.g. both in [0, 1])"
+                    )
+                )
+        self.seen += len(x)
 
 
 def _available_device(device: str | torch.device) -> torch.device:

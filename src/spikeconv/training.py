@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .data import ImageDataset
-from .io import load_torch, save_torch
+from .io import fingerprint, load_torch, save_torch
 from .models import ZOO, build_model
 
 __all__ = ["TrainOptions", "train", "evaluate_ann", "save_model", "load_model", "model_from_record", "augment"]
@@ -63,9 +63,13 @@ def train(
     checkpoint: str | Path,
     *,
     progress: bool = True,
+    log: bool | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Train zoo model ``arch``; resume from ``checkpoint`` if it exists. Returns the model
-    and the checkpoint record (with per-epoch history)."""
+    """Train zoo model ``arch``; resume from ``checkpoint`` if it exists (only when it was
+    written for the same architecture, options and training images). Returns the model and
+    the checkpoint record (with per-epoch history). ``progress``: progress bars; ``log``:
+    a line per epoch (default: as ``progress``)."""
+    log = progress if log is None else log
     checkpoint = Path(checkpoint)
     torch.manual_seed(options.seed)
     model = build_model(arch)
@@ -84,6 +88,7 @@ def train(
     generator = torch.Generator().manual_seed(options.seed)
     history: list[dict[str, float]] = []
     start_epoch = 0
+    data = fingerprint([train_set.images, train_set.labels])
     if checkpoint.exists():
         state = load_torch(checkpoint, "checkpoint")
         # Checkpoints written before an option existed hold its default.
@@ -92,6 +97,11 @@ def train(
             raise ValueError(
                 f"checkpoint {checkpoint} was written for {state.get('arch')} with {state.get('options')}, "
                 f"not {arch} with {asdict(options)}: pass another --out or delete it to start afresh"
+            )
+        if state.get("train_data", data) != data:  # (older checkpoints do not record their data)
+            raise ValueError(
+                f"checkpoint {checkpoint} was trained on other images than {train_set.name} ({len(train_set)} "
+                "images): pass another --out or delete it to start afresh"
             )
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
@@ -120,10 +130,11 @@ def train(
         if test_set is not None:
             entry["test_accuracy"] = evaluate_ann(model, test_set)
         history.append(entry)
-        if progress:
+        if log:
             tqdm.write(", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()))
         record = _checkpoint_record(arch, model, options, history)
         record.update(
+            train_data=data,
             optimizer=optimizer.state_dict(),
             scheduler=scheduler.state_dict(),
             generator=generator.get_state(),

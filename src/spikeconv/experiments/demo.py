@@ -19,18 +19,19 @@ def run_demo(
     *,
     epochs: int = 30,
     T: int = 200,
-    coding: str = "poisson",
+    coding: str = "constant",
     seed: int = 0,
     progress: bool = True,
+    log: bool | None = None,
 ) -> dict[str, Any]:
     """Train the digits net on scikit-learn's 8x8 digits (resuming a checkpoint in
-    ``out_dir``), convert with maxnorm and nscaling (reset to zero, as Yang et al.),
-    simulate to ``T`` with ``coding`` input; write ``demo.json``, ``demo.md`` and
+    ``out_dir``), convert with maxnorm and nscaling with the library's defaults (reset by
+    subtraction), simulate to ``T`` with ``coding`` input (analog by default); write ``demo.json``, ``demo.md`` and
     ``accuracy.png`` to ``out_dir``."""
     out_dir = Path(out_dir)
     train_set, test_set = load_digits("train"), load_digits("test")
     options = TrainOptions(epochs=epochs, batch_size=32, lr=1e-2, seed=seed)
-    model, _ = train("digits", train_set, test_set, options, out_dir / "digits-model.pt", progress=progress)
+    model, _ = train("digits", train_set, test_set, options, out_dir / "digits-model.pt", progress=progress, log=log)
     settings = [RuleSetting(label="maxnorm", rule="maxnorm"), RuleSetting(label="nscaling (n=0.5)", rule="nscaling")]
     steps = [s for s in (5, 10, 20, 30, 50, 100, 150, 200) if s <= T]
     record, curves = compare_rules(

@@ -63,17 +63,24 @@ def sweep_report(record: dict[str, Any], paper: dict[str, Any], png: Path) -> st
     for key, point in sorted(record["points"].items(), key=lambda kv: float(kv[0])):
         p_acc, p_err = paper.get("sweep_n", {}).get(f"{float(key):.1f}", (None, None))
         rows.append([
-            key, _fmt(point["stable_accuracy"]), _fmt(point["approximation_error"], 3), str(point["latency"]),
+            key, _fmt(point["stable_accuracy"]), _fmt(point["approximation_error"], 3),
+            f"{point['latency']} (±{point.get('latency_margin_pp', record['margin']):.2f} pp)",
             _fmt(point["spikes_per_image"], 0), _fmt(p_acc), _fmt(p_err, 3),
         ])  # fmt: skip
     lines = [
         f"{record['test_images']} test images, {record['coding']} input, reset to zero, T = {record['T']}, "
         f"f1 = ceil(f1) {'applied' if record.get('ceil_first') else 'not applied (eq. 16 as is)'}; "
-        f"latency = first step within {record['margin']} pp of the stable accuracy (accuracy at T). "
-        f"Approximation error = mean |ideal - actual rate| of the output neurons (units of r_max).",
+        + (
+            f"latency = first step within {record['margin']} pp of the stable accuracy (accuracy at T). "
+            if record.get("margin") is not None
+            else "latency = first step from which the accuracy stays within the margin of the stable accuracy "
+            "(accuracy at T): the half-width of its 95 % confidence interval on these test images, at least one "
+            "image and 0.1 pp. "
+        )
+        + "Approximation error = mean |ideal - actual rate| of the output neurons (units of r_max).",
         "",
         *_table(
-            ["n", "stable accuracy (%)", "Delta-epsilon", "latency (steps)", "spikes/image", "paper accuracy",
+            ["n", "stable accuracy (%)", "Delta-epsilon", "latency (steps, margin)", "spikes/image", "paper accuracy",
              "paper Delta-epsilon"],
             rows,
         ),  # fmt: skip
