@@ -15,21 +15,30 @@ stage with several sources (a residual addition, a concatenation) gets an
 
 BatchNorm is folded into the Conv2d/Linear before it (:func:`fold_batchnorm`, Rueckauer
 Sec. 3.3); a BatchNorm with no such layer before it becomes an affine per-channel scale of
-its own (:class:`ChannelAffine`). Dropout and Identity are dropped; a softmax at the very
-end is dropped (it does not change the class ranking; see the ``softmax`` readout).
+its own (:class:`ChannelAffine`). Dropout (every variant: 1d/2d/3d, alpha, feature-alpha;
+modules and functions) and Identity are dropped; a softmax or log-softmax at the very end is
+dropped (it does not change the class ranking; see the ``softmax`` readout).
+
+Common equivalents are normalized: ``x.mean(dim=(2, 3))`` (global average pooling) becomes
+``AdaptiveAvgPool2d(1)`` + :class:`Flatten` (no flatten with ``keepdim=True``), and
+``x.clamp(min=0)`` / ``x.clamp_min(0)`` is a ReLU.
 
 Everything that is not understood raises :class:`UnsupportedModelError` naming the node,
-its target, its source location and what is supported: nothing is left analog in silence.
+its target, its source location (or, inside torch's own containers such as ``nn.Sequential``,
+its model path) and what is supported: nothing is left analog in silence.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import operator
 import os
 import re
+import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,28 +46,34 @@ from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 __all__ = [
+    "SUPPORTED_MODULES",
+    "ChannelAffine",
     "ConversionError",
-    "UnsupportedModelError",
+    "MaxPoolSpec",
+    "Scale",
     "Stage",
     "TracedNetwork",
-    "MaxPoolSpec",
-    "ChannelAffine",
-    "Scale",
+    "UnsupportedModelError",
     "fold_batchnorm",
     "trace",
-    "SUPPORTED_MODULES",
 ]
 
+# Dropout in every form is the identity in eval mode: dropped.
+_DROPOUT_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
+)  # fmt: skip
 SUPPORTED_MODULES: tuple[type[nn.Module], ...] = (
-    nn.Conv2d, nn.Linear, nn.ReLU, nn.AvgPool2d, nn.Flatten, nn.Dropout, nn.Identity,
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Softmax,
+    nn.Conv2d, nn.Linear, nn.ReLU, nn.AvgPool2d, nn.Flatten, *_DROPOUT_MODULES, nn.Identity,
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Softmax, nn.LogSoftmax,
 )  # fmt: skip
 _AFFINE = (nn.Conv2d, nn.Linear)
 _SUPPORTED_TEXT = (
     ", ".join(t.__name__ for t in SUPPORTED_MODULES)
-    + "; F.relu, torch.relu, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, torch.flatten, torch.cat(dim=1), "
-    "+ / torch.add, * by a constant, Tensor.view/reshape/flatten (flattening all but the batch dimension), "
-    "a softmax at the very end"
+    + "; F.relu, torch.relu, x.clamp(min=0) / torch.clamp(x, min=0) / x.clamp_min(0) (a ReLU), F.max_pool2d, "
+    "F.avg_pool2d, F.adaptive_avg_pool2d, x.mean(dim=(2, 3)) of a 4-D tensor (global average pooling), "
+    "torch.flatten, torch.cat(dim=1), + / torch.add, * by a constant, "
+    "Tensor.view/reshape/flatten (flattening all but the batch dimension), F.dropout and its 1d/2d/3d/alpha variants "
+    "(with training=self.training), a softmax or log-softmax at the very end"
 )
 
 
@@ -207,6 +222,9 @@ class Stage:
         return z if self.is_output or self.spiking_pool else torch.relu(z)
 
 
+FinalOp = Literal["softmax", "log_softmax"]
+
+
 @dataclass(eq=False, kw_only=True)
 class TracedNetwork:
     """The model cut into stages (a deep copy: the user's model is never changed)."""
@@ -214,7 +232,13 @@ class TracedNetwork:
     stages: list[Stage]
     input_shape: tuple[int, ...]
     source: str = field(default="")
-    softmax: bool = False  # the model ended in a softmax (dropped; see the softmax readout)
+    # the model's last operation, dropped because it keeps the class ranking (see the softmax readout)
+    final: FinalOp | None = None
+
+    @property
+    def softmax(self) -> bool:
+        """The model ended in a softmax (dropped)."""
+        return self.final == "softmax"
 
     @torch.no_grad()
     def forward_stages(self, x: Tensor) -> list[Tensor]:
@@ -254,22 +278,58 @@ def trace(model: nn.Module, input_shape: tuple[int, ...], *, spiking_pool: bool 
     graph_module = _symbolic_trace(module)
     dtype = next((p.dtype for p in module.parameters()), torch.float32)
     example = torch.rand(2, *input_shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+    printed = io.StringIO()
     try:
-        with torch.no_grad():
+        # ShapeProp prints a failing node's traceback to stderr before raising: the error's cause keeps it
+        with torch.no_grad(), contextlib.redirect_stderr(printed):
             ShapeProp(graph_module).propagate(example)
     except Exception as error:  # any failure of the forward pass on this shape
-        raise ConversionError(
-            f"{type(model).__name__} does not accept inputs of shape {tuple(input_shape)}: {error}"
-        ) from error
-    ops, output, softmax = _to_ops(graph_module, module)
+        raise ConversionError(_shape_error(model, graph_module, tuple(input_shape), error)) from error
+    sys.stderr.write(printed.getvalue())  # e.g. warnings of the forward pass
+    ops, output, final = _to_ops(graph_module, module)
     _fold_batchnorms(ops)
     ops, output = _resolve_aliases(ops, output)
     _move_maxpool_after_relu(ops)
     stages = _cut(ops, output, spiking_pool)
-    traced = TracedNetwork(stages=stages, input_shape=tuple(input_shape), source=type(model).__name__, softmax=softmax)
+    traced = TracedNetwork(stages=stages, input_shape=tuple(input_shape), source=type(model).__name__, final=final)
     _check_parameters(traced)
     _check_reproduces(model, traced, example)
     return traced
+
+
+def _shape_error(model: nn.Module, gm: fx.GraphModule, input_shape: tuple[int, ...], error: Exception) -> str:
+    """One line: the shape given, torch's own complaint and what to pass instead."""
+    # fx wraps torch's error ("ShapeProp error for: node=...") or appends "While executing ..." and
+    # the original traceback to it: the first line of the innermost cause is torch's own message
+    cause: BaseException = error
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    lines = str(cause).strip().splitlines()
+    reason = lines[0].rstrip(".") if lines else type(cause).__name__
+    text = (
+        f"{type(model).__name__} does not accept inputs of shape {input_shape} (one calibration image, "
+        f"without the batch dimension): {reason}. Pass images of the shape the model was trained on"
+    )
+    path, layer = _first_weighted(gm)
+    if isinstance(layer, nn.Conv2d):
+        channels = layer.in_channels
+        return text + (
+            f": its first weighted layer {path!r} (Conv2d) expects {channels} input channel{'s' * (channels != 1)}, "
+            f"i.e. (C, H, W) = ({channels}, H, W) with the H and W it was trained on."
+        )
+    if isinstance(layer, nn.Linear):
+        features = layer.in_features
+        plural = "s" * (features != 1)
+        return text + f": its first weighted layer {path!r} (Linear) expects {features} input feature{plural}."
+    return text + ", e.g. (C, H, W) = (1, 28, 28) for MNIST or (3, 32, 32) for CIFAR-10."
+
+
+def _first_weighted(gm: fx.GraphModule) -> tuple[str, nn.Module | None]:
+    """The model path and module of the first Conv2d/Linear the traced forward() calls."""
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), _AFFINE):
+            return str(node.target), gm.get_submodule(str(node.target))
+    return "", None
 
 
 def _symbolic_trace(model: nn.Module) -> fx.GraphModule:
@@ -284,7 +344,8 @@ def _symbolic_trace(model: nn.Module) -> fx.GraphModule:
             "of calls to non-torch libraries on tensors and of variable-length loops; or wrap such code "
             "in a leaf module (torch.fx.wrap) and convert the traceable part of the model."
         ) from error
-    return fx.GraphModule(model, graph)
+    # named after the model, so that locations can say "inside the top-level Sequential"
+    return fx.GraphModule(model, graph, class_name=type(model).__name__)
 
 
 @dataclass(eq=False)
@@ -292,7 +353,7 @@ class _Op:
     """One node of the normalized graph."""
 
     name: str
-    kind: str  # input, relu, maxpool, linear, bn, alias, softmax
+    kind: str  # input, relu, maxpool, linear, bn, alias, softmax, log_softmax
     inputs: list[str]
     module: nn.Module | None = None
     pool: MaxPoolSpec | None = None
@@ -301,15 +362,52 @@ class _Op:
 
 
 def _location(node: fx.Node) -> str:
-    """``file:line`` (and the code) of the user's line that created ``node``."""
+    """``file:line`` (and the code) of the user's line that created ``node``. A layer of an
+    ``nn.Sequential`` is called by torch's own code (the user's line, if any, only calls the
+    container): then its model path first."""
     trace_text = node.stack_trace or ""
     frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)\n\s*(.*)', trace_text)
     torch_dir = os.path.dirname(torch.__file__)
-    user = [f for f in frames if not os.path.abspath(f[0]).startswith(torch_dir)]
-    if not user:
-        return "unknown location"
-    file, line, func, code = user[-1]
-    return f"{file}:{line} in {func}: {code.strip()}"
+    # the tracer's own frames (torch.fx) are in every trace: the code that created the node is before them
+    code = [f for f in frames if not os.path.abspath(f[0]).startswith(os.path.join(torch_dir, "fx"))]
+    user = [f for f in code if not os.path.abspath(f[0]).startswith(torch_dir)]
+    where = ""
+    if user:
+        file, line, func, text = user[-1]
+        where = f"{file}:{line} in {func}: {text.strip()}"
+        if code[-1] is user[-1]:
+            return where
+    path = _model_path(node)
+    if path and where:
+        return f"{path}, called from {where}"
+    return path or where or "unknown location"
+
+
+def _model_path(node: fx.Node) -> str:
+    """``model path 'features.1' (inside nn.Sequential 'features')`` for a module call; for a
+    function called in a module's forward(), that module's path. Empty when fx recorded none."""
+    # fx records the modules being called around each node, outermost first: (path, type)
+    stack = [tuple(entry) for entry in (node.meta.get("nn_module_stack") or {}).values()]
+    types = {str(entry[0]): entry[1] for entry in stack if len(entry) == 2}
+    if node.op == "call_module":
+        path = str(node.target)
+    elif stack:
+        path = str(stack[-1][0])
+        return f"model path {path!r} (in the forward() of {_type_text(types.get(path))})"
+    else:
+        return ""
+    parent = path.rpartition(".")[0]
+    if not parent:
+        return f"model path {path!r} (inside the top-level {type(node.graph.owning_module).__name__})"
+    return f"model path {path!r} (inside {_type_text(types.get(parent))} {parent!r})"
+
+
+def _type_text(kind: Any) -> str:
+    """``nn.Sequential`` for torch's modules, the class name for others."""
+    if not isinstance(kind, type):
+        return "module" if kind is None else str(kind)
+    torch_module = kind.__module__.startswith("torch.nn.")
+    return ("nn." if torch_module else "") + kind.__name__
 
 
 def _target_name(node: fx.Node) -> str:
@@ -330,6 +428,10 @@ _RELU = {F.relu, torch.relu}
 _ADD = {operator.add, operator.iadd, torch.add}
 _MUL = {operator.mul, operator.imul, torch.mul}
 _SOFTMAX = {F.softmax, torch.softmax}
+_LOG_SOFTMAX = {F.log_softmax, torch.log_softmax}
+_DROPOUT = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout}
+_CLAMP = {torch.clamp, torch.clamp_min}
+_CLAMP_METHODS = {"clamp", "clamp_", "clamp_min", "clamp_min_"}
 _SHAPE_METHODS = {"size", "dim"}
 
 
@@ -373,11 +475,11 @@ def _pair(v: Any) -> tuple[int, int]:
     return (int(v[0]), int(v[1]))
 
 
-def _to_ops(gm: fx.GraphModule, model: nn.Module) -> tuple[list[_Op], str, bool]:
+def _to_ops(gm: fx.GraphModule, model: nn.Module) -> tuple[list[_Op], str, FinalOp | None]:
     modules = dict(gm.named_modules())
     ops: list[_Op] = []
     output = ""
-    softmax_nodes: set[str] = set()
+    final_nodes: dict[str, FinalOp] = {}  # softmax and log-softmax nodes: only the last one may be dropped
     for node in gm.graph.nodes:
         meta = node.meta.get("tensor_meta")
         shape = tuple(meta.shape[1:]) if meta is not None and hasattr(meta, "shape") else ()
@@ -408,20 +510,56 @@ def _to_ops(gm: fx.GraphModule, model: nn.Module) -> tuple[list[_Op], str, bool]
         if node.op == "call_method" and node.target == "flatten":
             flattens = flattens and tuple(node.args[1:]) in ((1,), ()) and node.kwargs.get("start_dim", 1) == 1
             flattens = flattens and bool(node.args[1:] or node.kwargs)
+        if _is_mean(node):  # global average pooling: a pool and a flatten, two ops
+            ops.extend(_mean_ops(node, args, shape))
+            continue
         op = _node_to_op(node, modules, args, shape, flattens)
-        if op.kind == "softmax":
-            softmax_nodes.add(op.name)
+        if op.kind in ("softmax", "log_softmax"):
+            final_nodes[op.name] = "softmax" if op.kind == "softmax" else "log_softmax"
         ops.append(op)
     consumers = {name for op in ops for name in op.inputs}
-    for name in softmax_nodes:
+    for name, kind in final_nodes.items():
         if name in consumers or name != output:
             node = next(n for n in gm.graph.nodes if n.name == name)
-            raise _unsupported(node, "is a softmax that is not the model's last operation")
-    softmax = output in softmax_nodes
-    if softmax:
+            what = "softmax" if kind == "softmax" else "log-softmax"
+            raise _unsupported(node, f"is a {what} that is not the model's last operation")
+    final = final_nodes.get(output)
+    if final is not None:
         op = next(o for o in ops if o.name == output)
         op.kind = "alias"
-    return ops, output, softmax
+    return ops, output, final
+
+
+def _is_mean(node: fx.Node) -> bool:
+    return (node.op == "call_function" and node.target is torch.mean) or (
+        node.op == "call_method" and node.target == "mean"
+    )
+
+
+def _mean_ops(node: fx.Node, args: list[str], shape: tuple[int, ...]) -> list[_Op]:
+    """``x.mean(dim=(2, 3))`` of a ``[B, C, H, W]`` tensor is global average pooling:
+    ``AdaptiveAvgPool2d(1)``, then a :class:`Flatten` to ``[B, C]`` unless ``keepdim=True``."""
+    source = node.args[0]
+    meta = source.meta.get("tensor_meta") if isinstance(source, fx.Node) else None
+    ndim = len(meta.shape) if meta is not None and hasattr(meta, "shape") else 0
+    dim = _arg(node, 1, "dim", None)
+    dims = tuple(dim) if isinstance(dim, (tuple, list)) else (dim,)
+    supported = (
+        "only the mean over H and W of a 4-D [B, C, H, W] tensor (x.mean(dim=(2, 3)), global average pooling) "
+        "is supported"
+    )
+    if ndim != 4:
+        raise _unsupported(node, f"takes the mean of a {ndim}-D tensor over dim {dim}; {supported}")
+    if len(args) != 1 or not all(isinstance(d, int) for d in dims) or sorted(d % 4 for d in dims) != [2, 3]:
+        raise _unsupported(node, f"takes the mean over dim {dim}; {supported}")
+    if node.kwargs.get("dtype") is not None:
+        raise _unsupported(node, "takes a mean with a dtype; " + supported + " (without dtype)")
+    pool = nn.AdaptiveAvgPool2d(1)
+    if _arg(node, 2, "keepdim", False):
+        return [_Op(node.name, "linear", args, module=pool, shape=shape, label=node.name)]
+    # the pool's name has a dot, which no fx node name has: it cannot clash
+    pooled = _Op(node.name + ".pool", "linear", args, module=pool, shape=(*shape, 1, 1), label=node.name)
+    return [pooled, _Op(node.name, "linear", [pooled.name], module=Flatten(), shape=shape, label=node.name)]
 
 
 def _node_to_op(
@@ -439,7 +577,7 @@ def _node_to_op(
     if node.op == "call_module":
         module = modules[str(target)]
         path = str(target)
-        if isinstance(module, (nn.Dropout, nn.Identity)):
+        if isinstance(module, (*_DROPOUT_MODULES, nn.Identity)):
             single()
             return _Op(name, "alias", args, shape=shape, label=path)
         if isinstance(module, nn.ReLU):
@@ -457,6 +595,8 @@ def _node_to_op(
             return _Op(name, "bn", args, module=copy.deepcopy(module), shape=shape, label=path)
         if isinstance(module, nn.Softmax):
             return _Op(name, "softmax", args, shape=shape, label=path)
+        if isinstance(module, nn.LogSoftmax):
+            return _Op(name, "log_softmax", args, shape=shape, label=path)
         if isinstance(module, nn.Flatten):
             if module.start_dim != 1 or module.end_dim != -1:
                 raise _unsupported(node, "must flatten all but the batch dimension (nn.Flatten(start_dim=1))")
@@ -471,6 +611,8 @@ def _node_to_op(
     if node.op == "call_function":
         if target in _RELU:
             return _Op(name, "relu", args, shape=shape, label=name)
+        if target in _CLAMP:
+            return _clamp_relu(node, args, shape)
         if target is F.max_pool2d:
             if _arg(node, 4, "dilation", 1) not in (1, (1, 1)) or _arg(node, 5, "ceil_mode", False):
                 raise _unsupported(node, "uses max-pooling with dilation or ceil_mode")
@@ -512,11 +654,23 @@ def _node_to_op(
             return _scale_op(node, args, shape)
         if target in _SOFTMAX:
             return _Op(name, "softmax", args, shape=shape, label=name)
-        if target is F.dropout:
+        if target in _LOG_SOFTMAX:
+            return _Op(name, "log_softmax", args, shape=shape, label=name)
+        if target in _DROPOUT:
+            # fx records the value of `training` at trace time: self.training is False in eval mode
+            if _arg(node, 2, "training", True) and _arg(node, 1, "p", 0.5) != 0:
+                raise _unsupported(
+                    node,
+                    f"applies {_target_name(node)} with training=True (its default), so the model is random even "
+                    "in eval mode",
+                    "Pass training=self.training.",
+                )
             return _Op(name, "alias", args[:1], shape=shape, label=name)
     if node.op == "call_method":
         if target in ("relu", "relu_"):
             return _Op(name, "relu", args, shape=shape, label=name)
+        if target in _CLAMP_METHODS:
+            return _clamp_relu(node, args, shape)
         if target in ("view", "reshape", "flatten"):
             if not flattens:
                 raise _unsupported(
@@ -533,7 +687,23 @@ def _node_to_op(
             return _scale_op(node, args, shape)
         if target == "softmax":
             return _Op(name, "softmax", args, shape=shape, label=name)
+        if target == "log_softmax":
+            return _Op(name, "log_softmax", args, shape=shape, label=name)
     raise _unsupported(node, f"calls {_target_name(node)}, which cannot be converted to spiking neurons")
+
+
+def _clamp_relu(node: fx.Node, args: list[str], shape: tuple[int, ...]) -> _Op:
+    """``clamp(x, min=0)`` (or ``clamp_min(x, 0)``) with no upper bound is a ReLU."""
+    low = _arg(node, 1, "min", None)
+    high = None if _target_name(node).startswith("clamp_min") else _arg(node, 2, "max", None)
+    zero = isinstance(low, (int, float)) and not isinstance(low, bool) and low == 0
+    if len(args) != 1 or not zero or high is not None:
+        raise _unsupported(
+            node,
+            f"is a clipping activation (min={low}, max={high}) that is not a ReLU",
+            "Only clamp(min=0) without max (a ReLU) can be converted; a ReLU6-like upper bound cannot.",
+        )
+    return _Op(node.name, "relu", args, shape=shape, label=node.name)
 
 
 def _scale_op(node: fx.Node, args: list[str], shape: tuple[int, ...]) -> _Op:
@@ -774,8 +944,10 @@ def _check_parameters(traced: TracedNetwork) -> None:
 def _check_reproduces(model: nn.Module, traced: TracedNetwork, x: Tensor) -> None:
     expected = model(x)
     got = traced.forward_stages(x)[-1]
-    if traced.softmax:
+    if traced.final == "softmax":
         got = torch.softmax(got, -1)
+    elif traced.final == "log_softmax":
+        got = torch.log_softmax(got, -1)
     if got.shape != expected.shape or not torch.allclose(got, expected, rtol=1e-4, atol=1e-5):
         raise ConversionError(
             f"the traced stages do not reproduce {type(model).__name__}'s output: forward() does something "
