@@ -150,6 +150,31 @@ def test_simulate_raises_only_documented_errors(x, y, T, coding, seed, batch_siz
     )
 
 
+_TRACED = spikeconv.trace(_MODEL, (1, 8, 8))
+_STATS = spikeconv.calibrate(_TRACED, _CALIBRATION)
+
+
+@FUZZ
+@given(
+    model=mostly(st.just(_MODEL), anything),
+    shape=mostly(st.just((1, 8, 8)), st.one_of(shapes, st.lists(st.integers(-1, 9), max_size=4), anything)),
+    data=images(),
+    max_images=mostly(st.sampled_from([None, 2, 100]), st.one_of(st.integers(-2, 0), anything)),
+    stats=mostly(st.just(_STATS), anything),
+    rule=mostly(st.sampled_from(list(spikeconv.RULES)), st.one_of(st.text(max_size=5), anything)),
+    options=st.dictionaries(
+        st.sampled_from(["n", "p", "base", "ceil_first", "maxpool_rate", "maxpool_decay", "softmax_rate"]),
+        st.one_of(st.floats(-1, 101), st.sampled_from(["auto", "maxnorm", "ewma", None, math.nan, True]), anything),
+        max_size=2,
+    ),
+)
+def test_the_phases_raise_only_documented_errors(model, shape, data, max_images, stats, rule, options):
+    """trace, calibrate and build_snn, each with its own bad arguments."""
+    _expect_documented(lambda: spikeconv.trace(model, shape))
+    _expect_documented(lambda: spikeconv.calibrate(_TRACED, data, max_images=max_images))
+    _expect_documented(lambda: spikeconv.build_snn(_TRACED, stats, rule, **options))
+
+
 def test_the_fuzz_check_itself_catches_undocumented_errors():
     """The helper fails on a documented type raised outside spikeconv (torch's own
     ValueError) and lets any other type through to fail the test."""

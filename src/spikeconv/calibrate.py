@@ -194,6 +194,10 @@ class ActivationStats:
 def calibrate(traced: TracedNetwork, data: Tensor | Iterable, *, max_images: int | None = 5000) -> ActivationStats:
     """Run the ANN stages over ``data`` (a tensor of images or an iterable of batches, tensors
     or ``(x, y)`` pairs) and collect each stage's statistics, from at most ``max_images``."""
+    if not isinstance(traced, TracedNetwork):
+        raise TypeError(f"calibrate() takes the TracedNetwork of spikeconv.trace(model, shape), not {type(traced).__name__}")
+    if max_images is not None and (not isinstance(max_images, int) or isinstance(max_images, bool) or max_images <= 0):
+        raise ValueError(f"max_images must be a positive number of images or None (all), got {max_images!r}")
     observers = [ActivationObserver() for _ in traced.stages]
     negatives = [_negative_part(stage) for stage in traced.stages]
     dtype = _dtype(traced)

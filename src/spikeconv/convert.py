@@ -61,6 +61,10 @@ def build_snn(
     ``softmax_rate`` per step triggers one output spike drawn from softmax(V)).
     ``maxpool_rate`` (``count`` or ``ewma``, with ``maxpool_decay``) is the rate estimate of
     the spiking max-pool gates (Rueckauer Sec. 3.6)."""
+    if not isinstance(traced, TracedNetwork):
+        raise TypeError(f"build_snn() takes the TracedNetwork of spikeconv.trace(model, shape), not {type(traced).__name__}")
+    if not isinstance(stats, ActivationStats):
+        raise TypeError(f"build_snn() takes the ActivationStats of spikeconv.calibrate(), not {type(stats).__name__}")
     if reset not in RESETS:
         raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
     if maxpool_rate not in RATE_ESTIMATES:
@@ -318,7 +322,7 @@ def convert(
     first = next(batches, None)
     if first is None:
         raise ConversionError("the calibration data is empty: pass at least one image")
-    shape = tuple(first[0].shape[1:]) if input_shape is None else tuple(input_shape)
+    shape = tuple(first[0].shape[1:]) if input_shape is None else input_shape
     traced = trace(model, shape, spiking_pool=spiking_pool)
     stats = calibrate(traced, itertools.chain([first], batches), max_images=calibration_size)
     return build_snn(

@@ -272,6 +272,17 @@ def trace(model: nn.Module, input_shape: tuple[int, ...], *, spiking_pool: bool 
     ``spiking_pool=True`` gives each average pool that follows a ReLU its own IF neurons with
     scale 1, as Yang et al. do (Appendix B); by default pooling is a linear operation folded
     into the next stage's synapse (Rueckauer et al. 2016 Sec. 2.2)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"trace() takes the trained ANN as a torch.nn.Module, got {type(model).__name__}: pass the model "
+            "itself (for a checkpoint, build the model and load_state_dict first)"
+        )
+    if not (
+        isinstance(input_shape, (tuple, list))
+        and input_shape
+        and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_shape)
+    ):
+        raise ValueError(f"input_shape must be one sample's shape, positive integers such as (1, 28, 28), got {input_shape!r}")
     if model.training:
         raise ConversionError("model is in training mode: call model.eval() before converting")
     module = copy.deepcopy(model)

@@ -92,7 +92,7 @@ class GateParams:
     def __post_init__(self) -> None:
         if self.estimate not in RATE_ESTIMATES:
             raise ValueError(f"max-pool rate estimate must be one of {RATE_ESTIMATES}, got {self.estimate!r}")
-        if not 0 < self.decay < 1:
+        if not isinstance(self.decay, (int, float)) or isinstance(self.decay, bool) or not 0 < self.decay < 1:
             raise ValueError(f"max-pool ewma decay must be in (0, 1), got {self.decay}")
 
 

@@ -278,7 +278,7 @@ RULES: dict[str, RuleSpec] = {
         scales=nscaling, mode="weights", options=("n", "ceil_first"), doc="Yang 2020 n-scaling, threshold 1"
     ),
     "threshold": RuleSpec(
-        scales=lambda traced, stats, base="maxnorm", **opts: _base_rule(base).scales(traced, stats, **opts),
+        scales=lambda traced, stats, base="maxnorm", **opts: _base_scales(base, traced, stats, opts),
         mode="thresholds",
         options=("base", "n", "ceil_first", "p"),
         doc="threshold balancing: weights unchanged, thresholds = the scale factors of `base`",
@@ -288,15 +288,35 @@ RULES: dict[str, RuleSpec] = {
 BASES = ("maxnorm", "nscaling", "robust", "channelwise")
 
 
-def _base_rule(base: str) -> RuleSpec:
+def _base_scales(base: str, traced: TracedNetwork, stats: ActivationStats, options: dict[str, Any]) -> list[ScaleValue]:
+    """The scales of rule ``base`` with its own options (threshold balancing's thresholds)."""
     if base not in BASES:
         raise ValueError(f"threshold balancing takes base= one of {BASES}, got {base!r}")
-    return RULES[base]
+    spec = RULES[base]
+    unknown = set(options) - set(spec.options)
+    if unknown:
+        raise TypeError(f"threshold balancing with base={base!r} takes options {list(spec.options) or 'none'}, not {sorted(unknown)}")
+    return spec.scales(traced, stats, **options)
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    """Option types, checked before any arithmetic on them (a string n would otherwise end in
+    Python's own comparison error)."""
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    if "n" in options and not (options["n"] == "auto" or number(options["n"])):
+        raise TypeError(f"n must be a number in (0, 1] or 'auto', got {options['n']!r}")
+    if "p" in options and not number(options["p"]):
+        raise TypeError(f"p must be a percentile in (0, 100], got {options['p']!r}")
+    if "ceil_first" in options and not isinstance(options["ceil_first"], bool):
+        raise TypeError(f"ceil_first must be True or False, got {options['ceil_first']!r}")
 
 
 def map_scales(traced: TracedNetwork, stats: ActivationStats, rule: str, **options: Any) -> Mapping:
     """Apply rule ``rule`` with its ``options`` to the statistics: the per-stage mapping."""
-    if rule not in RULES:
+    if not isinstance(rule, str) or rule not in RULES:
         raise ValueError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
     spec = RULES[rule]
     unknown = set(options) - set(spec.options)
@@ -306,6 +326,7 @@ def map_scales(traced: TracedNetwork, stats: ActivationStats, rule: str, **optio
         raise ConversionError(
             f"statistics cover {len(stats.layers)} layers but the model has {len(traced.stages)}: recalibrate"
         )
+    _check_options(options)
     if options.get("n") == "auto":  # Yang Sec. 3.3: smallest n with >= 90 % unsaturated everywhere
         options = dict(options, n=smallest_unsaturated_n(traced, stats, ceil_first=options.get("ceil_first", True)))
         resolved = dict(options, n_chosen_by="auto: smallest n with >= 90 % unsaturated in every layer")
