@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import torch
 
 from spikeconv.data import load_mnist
 from spikeconv.experiments import RuleSetting, compare_rules
+from spikeconv.experiments.compare import LATENCY_TEXT
 from spikeconv.io import write_json, write_text
 from spikeconv.plotting import plot_accuracy
 from spikeconv.training import TrainOptions, train
@@ -84,7 +86,7 @@ def main() -> None:
             continue
         result, curves = compare_rules(
             model, train_set, test_set, SETTINGS, T=args.T, coding=coding, seed=0, batch_size=args.batch_size,
-            calibration_size=args.calibration_size, steps=STEPS, targets=TARGETS,
+            calibration_size=args.calibration_size, steps=STEPS, targets=TARGETS, progress=sys.stderr.isatty(),
         )  # fmt: skip
         record["codings"][coding] = result
         write_json(args.out, record)
@@ -117,15 +119,16 @@ def render(record: dict) -> str:
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for label, entry in result["rules"].items():
             lines.append("| " + " | ".join([label] + [f"{entry['accuracy'][str(s)]:.2f}" for s in STEPS if s <= result["T"]]) + " |")
-        lines += ["", "| rule | first t >= 99.0 % | first t >= 99.03 % | latency (0.1 pp) | spikes/image | "
+        lines += ["", "| rule | first t >= 99.0 % | first t >= 99.03 % | latency (steps, margin) | spikes/image | "
                   "conversion loss (pp) | mapping (s) | simulation (s) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for label, entry in result["rules"].items():
             reach = entry["steps_to_reach"]
             lines.append(
-                f"| {label} | {reach['99.0']} | {reach['99.03']} | {entry['latency_0.1']} | "
+                f"| {label} | {reach['99.0']} | {reach['99.03']} | {entry['latency']} (±{entry['latency_margin_pp']:.2f} pp) | "
                 f"{entry['spikes_per_image']:.0f} | {entry['conversion_loss']:.2f} | {entry['mapping_time_s']:.3f} | "
                 f"{entry['simulation_time_s']:.1f} |"
             )
+        lines += ["", LATENCY_TEXT]
         rules = result["rules"]
         ratio = rules["nscaling (n=0.5)"]["spikes_per_image"] / rules["maxnorm"]["spikes_per_image"]
         lines += [
