@@ -18,7 +18,14 @@ import torch
 from torch import Tensor, nn
 
 from .graph import ConversionError, Stage, TracedNetwork
-from .inputs import InputRangeWarning, iter_batches, range_text, value_range, warn_user
+from .inputs import (
+    InputRangeWarning,
+    check_count,
+    iter_batches,
+    range_text,
+    value_range,
+    warn_user,
+)
 
 __all__ = ["ActivationObserver", "LayerStats", "ActivationStats", "calibrate"]
 
@@ -196,8 +203,7 @@ def calibrate(traced: TracedNetwork, data: Tensor | Iterable, *, max_images: int
     or ``(x, y)`` pairs) and collect each stage's statistics, from at most ``max_images``."""
     if not isinstance(traced, TracedNetwork):
         raise TypeError(f"calibrate() takes the TracedNetwork of spikeconv.trace(model, shape), not {type(traced).__name__}")
-    if max_images is not None and (not isinstance(max_images, int) or isinstance(max_images, bool) or max_images <= 0):
-        raise ValueError(f"max_images must be a positive number of images or None (all), got {max_images!r}")
+    check_count("max_images", max_images, optional=True)
     observers = [ActivationObserver() for _ in traced.stages]
     negatives = [_negative_part(stage) for stage in traced.stages]
     dtype = _dtype(traced)

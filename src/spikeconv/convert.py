@@ -21,8 +21,18 @@ import torch
 from torch import Tensor, fx, nn
 
 from .calibrate import ActivationStats, calibrate
-from .graph import Add, Cat, ChannelAffine, ConversionError, Flatten, Scale, Stage, TracedNetwork, trace
-from .inputs import iter_batches
+from .graph import (
+    Add,
+    Cat,
+    ChannelAffine,
+    ConversionError,
+    Flatten,
+    Scale,
+    Stage,
+    TracedNetwork,
+    trace,
+)
+from .inputs import check_count, is_number, iter_batches
 from .io import load_torch, save_torch
 from .network import ConversionInfo, Readout, SpikingNetwork, SpikingStage
 from .neurons import RATE_ESTIMATES, RESETS, GateParams, IFParams
@@ -74,7 +84,7 @@ def build_snn(
         bound: float | None = mapping.v_min if reset == "zero" else None
     elif v_min is None:
         bound = None
-    elif isinstance(v_min, (int, float)) and not isinstance(v_min, bool) and math.isfinite(v_min) and v_min <= 0:
+    elif is_number(v_min) and math.isfinite(v_min) and v_min <= 0:
         bound = float(v_min)
     else:
         raise ValueError(f"v_min must be 'auto', None or a finite number <= 0, got {v_min!r}")
@@ -314,10 +324,7 @@ def convert(
         )
     if isinstance(calibration_data, ActivationStats):
         raise TypeError("pass statistics to build_snn(trace(model, shape), stats, ...), not to convert()")
-    if calibration_size is not None and (
-        not isinstance(calibration_size, int) or isinstance(calibration_size, bool) or calibration_size <= 0
-    ):
-        raise ValueError(f"calibration_size must be a positive number of images or None (all), got {calibration_size!r}")
+    check_count("calibration_size", calibration_size, optional=True)  # before the trace, which takes a while
     batches = iter_batches(calibration_data, batch_size=500, what="calibration_data")
     first = next(batches, None)
     if first is None:

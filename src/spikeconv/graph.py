@@ -45,6 +45,8 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from .inputs import is_integer, is_number
+
 __all__ = [
     "SUPPORTED_MODULES",
     "ChannelAffine",
@@ -280,7 +282,7 @@ def trace(model: nn.Module, input_shape: tuple[int, ...], *, spiking_pool: bool 
     if not (
         isinstance(input_shape, (tuple, list))
         and input_shape
-        and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_shape)
+        and all(is_integer(d) and d > 0 for d in input_shape)
     ):
         raise ValueError(f"input_shape must be one sample's shape, positive integers such as (1, 28, 28), got {input_shape!r}")
     if model.training:
@@ -707,7 +709,7 @@ def _clamp_relu(node: fx.Node, args: list[str], shape: tuple[int, ...]) -> _Op:
     """``clamp(x, min=0)`` (or ``clamp_min(x, 0)``) with no upper bound is a ReLU."""
     low = _arg(node, 1, "min", None)
     high = None if _target_name(node).startswith("clamp_min") else _arg(node, 2, "max", None)
-    zero = isinstance(low, (int, float)) and not isinstance(low, bool) and low == 0
+    zero = is_number(low) and low == 0
     if len(args) != 1 or not zero or high is not None:
         raise _unsupported(
             node,
@@ -718,7 +720,7 @@ def _clamp_relu(node: fx.Node, args: list[str], shape: tuple[int, ...]) -> _Op:
 
 
 def _scale_op(node: fx.Node, args: list[str], shape: tuple[int, ...]) -> _Op:
-    constants = [a for a in node.args if isinstance(a, (int, float)) and not isinstance(a, bool)]
+    constants = [a for a in node.args if is_number(a)]
     if len(args) != 1 or len(constants) != 1:
         raise _unsupported(node, "multiplies by something other than a constant number (only that is linear)")
     return _Op(node.name, "linear", args, module=Scale(float(constants[0])), shape=shape, label=node.name)

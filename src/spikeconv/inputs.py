@@ -1,5 +1,6 @@
 """Turning what users pass as data (a tensor, an ImageDataset, an iterable of batches) into
-``(x, y)`` batches, with the shape, the type and the content checked.
+``(x, y)`` batches, with the shape, the type and the content checked; and the checks of the
+numbers they pass (``is_integer``, ``is_number``, ``check_count``).
 
 Every check names the argument at fault (``what``), the value found and what to do, so a
 wrong input is an error before it becomes a wrong result: non-finite images, labels that
@@ -14,16 +15,36 @@ import os
 import sys
 import warnings
 from collections.abc import Iterable, Iterator
+from typing import TypeGuard
 
 import torch
 from torch import Tensor
 
-__all__ = ["InputRangeWarning", "warn_user", "iter_batches", "value_range", "check_coding_range", "check_labels", "range_text", "outside"]
+__all__ = ["InputRangeWarning", "check_count", "is_integer", "is_number", "warn_user", "iter_batches", "value_range", "check_coding_range", "check_labels", "range_text", "outside"]
 
 
 class InputRangeWarning(UserWarning):
     """Images outside the range the conversion or the input coding assumes: [0, 1] for
     calibration data, the calibration data's range for simulated data."""
+
+
+def is_integer(value: object) -> TypeGuard[int]:
+    """An ``int`` that is not a ``bool`` (``True`` is an int to Python, not a count to us)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: object) -> TypeGuard[int | float]:
+    """An ``int`` or ``float`` that is not a ``bool``."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_count(name: str, value: object, *, optional: bool = False) -> None:
+    """A positive number of images (``None`` too when ``optional``: all of them)."""
+    if optional and value is None:
+        return
+    if not is_integer(value) or value <= 0:
+        what = "a positive number of images" + (" or None (all)" if optional else "")
+        raise ValueError(f"{name} must be {what}, got {value!r}")
 
 
 def warn_user(warning: Warning) -> None:

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .calibrate import ActivationStats
+from .inputs import is_number
 from .neurons import GateParams, IFParams, if_step, maxpool_gate, softmax_spikes
 from .rules import Mapping
 
@@ -82,7 +83,7 @@ class SpikingNetwork(nn.Module):
         super().__init__()
         if readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
-        if not isinstance(softmax_rate, (int, float)) or isinstance(softmax_rate, bool) or not 0 < softmax_rate <= 1:
+        if not is_number(softmax_rate) or not 0 < softmax_rate <= 1:
             raise ValueError(f"softmax_rate (spike probability of the external generator per step) must be in (0, 1], got {softmax_rate}")
         self.stages = nn.ModuleList(stages)
         self.input_shape = tuple(input_shape)

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .inputs import is_number
+
 __all__ = [
     "IFParams", "Reset", "RESETS", "if_step", "GateParams", "RateEstimate", "RATE_ESTIMATES", "maxpool_gate",
     "softmax_spikes",
@@ -92,7 +94,7 @@ class GateParams:
     def __post_init__(self) -> None:
         if self.estimate not in RATE_ESTIMATES:
             raise ValueError(f"max-pool rate estimate must be one of {RATE_ESTIMATES}, got {self.estimate!r}")
-        if not isinstance(self.decay, (int, float)) or isinstance(self.decay, bool) or not 0 < self.decay < 1:
+        if not is_number(self.decay) or not 0 < self.decay < 1:
             raise ValueError(f"max-pool ewma decay must be in (0, 1), got {self.decay}")
 
 

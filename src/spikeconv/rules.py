@@ -39,6 +39,7 @@ from torch import Tensor
 
 from .calibrate import ActivationStats, LayerStats
 from .graph import ConversionError, TracedNetwork
+from .inputs import is_number
 
 __all__ = [
     "LayerMapping", "Mapping", "RULES", "maxnorm", "robust", "channelwise", "nscaling", "map_scales", "membrane_bits",
@@ -303,12 +304,9 @@ def _check_options(options: dict[str, Any]) -> None:
     """Option types, checked before any arithmetic on them (a string n would otherwise end in
     Python's own comparison error)."""
 
-    def number(value: Any) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-    if "n" in options and not (options["n"] == "auto" or number(options["n"])):
+    if "n" in options and not (options["n"] == "auto" or is_number(options["n"])):
         raise TypeError(f"n must be a number in (0, 1] or 'auto', got {options['n']!r}")
-    if "p" in options and not number(options["p"]):
+    if "p" in options and not is_number(options["p"]):
         raise TypeError(f"p must be a percentile in (0, 100], got {options['p']!r}")
     if "ceil_first" in options and not isinstance(options["ceil_first"], bool):
         raise TypeError(f"ceil_first must be True or False, got {options['ceil_first']!r}")

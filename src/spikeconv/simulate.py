@@ -20,8 +20,8 @@ from __future__ import annotations
 import math
 import time
 import weakref
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -33,10 +33,18 @@ from .encoders import CODINGS, encode
 from .events import EventSynapse, event_synapses
 from .fixedpoint import FixedPoint, quantize_network
 from .inputs import (
-    InputRangeWarning, check_coding_range, check_labels, iter_batches, outside, range_text, value_range, warn_user,
+    InputRangeWarning,
+    check_coding_range,
+    check_labels,
+    is_integer,
+    iter_batches,
+    outside,
+    range_text,
+    value_range,
+    warn_user,
 )
-from .neurons import if_step, maxpool_gate, softmax_spikes
 from .network import SpikingNetwork, SpikingStage
+from .neurons import if_step, maxpool_gate, softmax_spikes
 
 __all__ = ["SimulationResult", "simulate", "METHODS"]
 
@@ -195,15 +203,15 @@ def simulate(
     spikes event by event where that gives exactly the dense sums (weights on a power-of-two
     grid, as in fixed point; see :mod:`spikeconv.events`). The results are the same either
     way."""
-    if not _is_int(T) or T <= 0:
+    if not is_integer(T) or T <= 0:
         raise ValueError(f"T (number of time steps) must be a positive integer, got {T!r}")
     for name, value, low in (("batch_size", batch_size, 1), ("memory_bytes", memory_bytes, 1), ("seed", seed, 0)):
-        if not _is_int(value) or value < low:
+        if not is_integer(value) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     if seed >= 2**62:
         raise ValueError(f"seed must be below 2**62, got {seed}")
     for name, bits in (("fixed_point_bits", fixed_point_bits), ("integer_bits", integer_bits)):
-        if bits is not None and (not _is_int(bits) or bits < 0):
+        if bits is not None and (not is_integer(bits) or bits < 0):
             raise ValueError(f"{name} must be a non-negative integer or None, got {bits!r}")
     if coding not in CODINGS:
         raise ValueError(f"coding must be one of {CODINGS}, got {coding!r}")
@@ -283,10 +291,6 @@ def simulate(
         spike_counts={n: cat([r.counts[i] for r in records]) for i, n in enumerate(names)} if record_counts else None,
         spike_trains={n: cat([r.trains[i] for r in records], 1) for i, n in enumerate(names)} if record_trains else None,
     )
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class _DataChecks:
