@@ -139,3 +139,17 @@ def test_an_experiment_resumes_only_the_same_model_and_data(digits_model, tmp_pa
     assert result["settings"]["model"] != "" and result["settings"]["data"] != ""
     line = _one_line_error(capsys, main([a if a != "20" else "30" for a in args]))
     assert "test_size: 20 then, 30 now" in line and "data:" in line
+
+
+def test_convert_sets_the_initial_potential_and_refuses_bad_values(digits_model, tmp_path, capsys):
+    from spikeconv.convert import load_snn
+
+    _, _, model_path = digits_model
+    out = tmp_path / "half.pt"
+    args = ["convert", "--model", str(model_path), "--rule", "maxnorm", "--calibration-size", "200", "--quiet"]
+    assert main([*args, "--initial-potential", "0.5", "--out", str(out)]) == 0
+    snn, _ = load_snn(out)
+    assert all(s.neuron.v_init == 0.5 for s in snn.spiking_stages)
+    capsys.readouterr()
+    line = _one_line_error(capsys, main([*args, "--initial-potential", "1.5", "--out", str(out)]))
+    assert "initial_potential must be 'auto' or a fraction of the threshold in [0, 1), got 1.5" in line

@@ -101,6 +101,7 @@ def _expect_documented(call) -> None:
     v_min=mostly(st.sampled_from(["auto", None, -1.0, 0.0]), st.one_of(st.sampled_from([1.0, math.nan]), anything)),
     readout=mostly(st.sampled_from(["spikes", "membrane", "softmax"]), anything),
     calibration_size=mostly(st.sampled_from([None, 3, 5000]), st.one_of(st.integers(-2, 0), anything)),
+    initial_potential=mostly(st.sampled_from(["auto", 0.0, 0.5]), st.one_of(st.floats(-2, 2), anything)),
     options=st.dictionaries(
         st.sampled_from(["n", "p", "base", "ceil_first", "bogus"]),
         st.one_of(st.floats(-1, 101), st.sampled_from(["auto", "maxnorm", "x", None, math.nan, True])),
@@ -109,12 +110,12 @@ def _expect_documented(call) -> None:
     then_simulate=st.booleans(),
 )
 def test_convert_raises_only_documented_errors(
-    data, rule, reset, v_min, readout, calibration_size, options, then_simulate
+    data, rule, reset, v_min, readout, calibration_size, initial_potential, options, then_simulate
 ):
     def run() -> None:
         snn = spikeconv.convert(
             _MODEL, data, rule=rule, reset=reset, v_min=v_min, readout=readout, calibration_size=calibration_size,
-            **options,
+            initial_potential=initial_potential, **options,
         )
         if then_simulate:
             spikeconv.simulate(snn, torch.rand(3, 1, 8, 8), T=7, coding="poisson")

@@ -6,6 +6,7 @@ neurons, simulate them fast and measure accuracy over time, latency and spikes.
     result.accuracy        # [T] accuracy after every step, percent
 """
 
+from . import activations
 from .calibrate import ActivationStats, LayerStats, calibrate
 from .convert import build_snn, convert
 from .graph import ConversionError, TracedNetwork, UnsupportedModelError, trace
@@ -29,6 +30,7 @@ __all__ = [
     "SpikingNetwork",
     "TracedNetwork",
     "UnsupportedModelError",
+    "activations",
     "build_snn",
     "calibrate",
     "convert",

@@ -126,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--v-min", default="auto", help="membrane lower bound: auto (Yang eq. 17), none, or a number")
     p.add_argument(
+        "--initial-potential", default="auto",
+        help="membrane before the first step, as a fraction of the threshold in [0, 1): auto (half in QCFS layers, "
+        "0 elsewhere) or a number for every layer",
+    )  # fmt: skip
+    p.add_argument(
         "--readout", choices=READOUTS, default="spikes",
         help="class = most output spikes (ties: membrane), largest output membrane, or spiking softmax (Rueckauer)",
     )  # fmt: skip
@@ -283,6 +288,15 @@ def _parse_v_min(text: str) -> float | str | None:
         raise ValueError(f"--v-min must be auto, none or a number <= 0, got {text!r}") from error
 
 
+def _parse_initial_potential(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError as error:
+        raise ValueError(f"--initial-potential must be auto or a fraction in [0, 1), got {text!r}") from error
+
+
 def _cmd_convert(args: argparse.Namespace) -> None:
     model, record = load_model(args.model)
     name = _dataset_name(args, record["arch"])
@@ -292,7 +306,8 @@ def _cmd_convert(args: argparse.Namespace) -> None:
     traced = trace(model, tuple(record["input_shape"]), spiking_pool=args.spiking_pool)
     stats = calibrate(traced, calibration.tensors()[0], max_images=None)
     snn = build_snn(
-        traced, stats, args.rule, reset=args.reset, v_min=_parse_v_min(args.v_min), readout=args.readout,
+        traced, stats, args.rule, reset=args.reset, v_min=_parse_v_min(args.v_min),
+        initial_potential=_parse_initial_potential(args.initial_potential), readout=args.readout,
         maxpool_rate=args.maxpool_rate, maxpool_decay=args.maxpool_decay, **_rule_options(args),
     )  # fmt: skip
     save_snn(args.out, snn, {k: record[k] for k in ("format", "arch", "input_shape", "state_dict")} | {"dataset": name})

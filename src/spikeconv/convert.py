@@ -48,6 +48,7 @@ def build_snn(
     *,
     reset: str = "subtract",
     v_min: float | str | None = "auto",
+    initial_potential: float | str = "auto",
     readout: Readout = "spikes",
     maxpool_rate: str = "count",
     maxpool_decay: float = 0.9,
@@ -65,6 +66,11 @@ def build_snn(
     minimum over layers) for ``reset="zero"`` and leaves it unbounded for ``"subtract"``;
     a number sets it; ``None`` leaves it unbounded. It is given in threshold-1 units and
     scaled with the threshold in ``thresholds`` mode.
+
+    ``initial_potential``: each IF neuron's membrane before the first step, as a fraction of
+    its threshold in [0, 1): ``"auto"`` takes half the threshold in the layers of a
+    :class:`~spikeconv.activations.QCFS` activation (where T = L steps reproduce the ANN
+    exactly; Bu et al. 2022) and 0 elsewhere; a number sets every layer.
 
     ``readout``: ``spikes`` (spike count), ``membrane`` (accumulated output potential) or
     ``softmax`` (Rueckauer Sec. 3.5; an external generator firing with probability
@@ -88,6 +94,10 @@ def build_snn(
         bound = float(v_min)
     else:
         raise ValueError(f"v_min must be 'auto', None or a finite number <= 0, got {v_min!r}")
+    if initial_potential != "auto" and not (is_number(initial_potential) and 0 <= initial_potential < 1):
+        raise ValueError(
+            f"initial_potential must be 'auto' or a fraction of the threshold in [0, 1), got {initial_potential!r}"
+        )
     shapes = traced.output_shapes()
     scales = [layer.scale_value for layer in mapping.layers]
     stages = []
@@ -120,12 +130,23 @@ def build_snn(
         if isinstance(threshold, Tensor):
             threshold = threshold.to(_dtype(stage))
         floor = None if bound is None else bound * threshold
-        neuron = IFParams(threshold=threshold, reset=reset, v_min=floor)  # type: ignore[arg-type]
+        fraction = _initial_fraction(stage, initial_potential)
+        neuron = IFParams(threshold=threshold, reset=reset, v_min=floor, v_init=fraction * threshold)  # type: ignore[arg-type]
         stages.append(SpikingStage(stage.name, synapse, neuron, is_output=stage.is_output, sources=stage.sources))
-    info = ConversionInfo(mapping=mapping, stats=stats, reset=reset, v_min=bound, spiking_pool=_has_pool(traced))
+    info = ConversionInfo(
+        mapping=mapping, stats=stats, reset=reset, v_min=bound, spiking_pool=_has_pool(traced),
+        initial_potential=initial_potential,
+    )  # fmt: skip
     return SpikingNetwork(
         stages, input_shape=traced.input_shape, readout=readout, info=info, softmax_rate=softmax_rate
     )
+
+
+def _initial_fraction(stage: Stage, initial_potential: float | str) -> float:
+    """The initial membrane of a stage's neurons as a fraction of their threshold."""
+    if initial_potential != "auto":
+        return float(initial_potential)
+    return 0.0 if stage.activation is None or stage.is_output else stage.activation.initial_fraction
 
 
 def _dtype(stage: Stage) -> torch.dtype:
@@ -305,6 +326,7 @@ def convert(
     input_shape: tuple[int, ...] | None = None,
     calibration_size: int | None = 5000,
     v_min: float | str | None = "auto",
+    initial_potential: float | str = "auto",
     readout: Readout = "spikes",
     spiking_pool: bool = False,
     maxpool_rate: str = "count",
@@ -333,7 +355,8 @@ def convert(
     traced = trace(model, shape, spiking_pool=spiking_pool)
     stats = calibrate(traced, itertools.chain([first], batches), max_images=calibration_size)
     return build_snn(
-        traced, stats, rule, reset=reset, v_min=v_min, readout=readout, maxpool_rate=maxpool_rate,
+        traced, stats, rule, reset=reset, v_min=v_min, initial_potential=initial_potential, readout=readout,
+        maxpool_rate=maxpool_rate,
         maxpool_decay=maxpool_decay, softmax_rate=softmax_rate, **rule_options,
     )  # fmt: skip
 

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from .activations import ActivationTracer, ClipActivation, ThresholdReLU
 from .inputs import is_integer, is_number
 
 __all__ = [
@@ -204,6 +205,14 @@ class Stage:
     is_output: bool = False
     pool: MaxPoolSpec | None = None  # a spiking max-pool gate (Rueckauer Sec. 3.6)
     shared: tuple[int, ...] = ()
+    # a conversion-aware activation in place of the ReLU (spikeconv.activations): its clip
+    # value is this stage's scale, and the ANN forward applies it
+    activation: ClipActivation | None = None
+
+    @property
+    def clip(self) -> float | None:
+        """The clip value of the stage's activation (its scale), ``None`` for a ReLU."""
+        return None if self.activation is None else self.activation.clip_value()
 
     @property
     def affine(self) -> nn.Conv2d | nn.Linear | None:
@@ -221,7 +230,9 @@ class Stage:
         if self.pool is not None:
             return self.pool.ann(inputs[0])
         z = self.synapse(*inputs)
-        return z if self.is_output or self.spiking_pool else torch.relu(z)
+        if self.is_output or self.spiking_pool:
+            return z
+        return torch.relu(z) if self.activation is None else self.activation(z)
 
 
 FinalOp = Literal["softmax", "log_softmax"]
@@ -304,6 +315,10 @@ def trace(model: nn.Module, input_shape: tuple[int, ...], *, spiking_pool: bool 
     ops, output = _resolve_aliases(ops, output)
     _move_maxpool_after_relu(ops)
     stages = _cut(ops, output, spiking_pool)
+    for stage in stages:  # constants the conversion made (Scale factors, clips) in the model's precision
+        stage.synapse.to(dtype)
+        if stage.activation is not None:
+            stage.activation.to(dtype)
     traced = TracedNetwork(stages=stages, input_shape=tuple(input_shape), source=type(model).__name__, final=final)
     _check_parameters(traced)
     _check_reproduces(model, traced, example)
@@ -346,7 +361,7 @@ def _first_weighted(gm: fx.GraphModule) -> tuple[str, nn.Module | None]:
 
 
 def _symbolic_trace(model: nn.Module) -> fx.GraphModule:
-    tracer = fx.Tracer()
+    tracer = ActivationTracer()  # conversion-aware activations stay one node each
     tracer.record_stack_traces = True
     try:
         graph = tracer.trace(model)
@@ -372,6 +387,7 @@ class _Op:
     pool: MaxPoolSpec | None = None
     shape: tuple[int, ...] = ()  # per-sample output shape
     label: str = ""  # what the user wrote (module path or function)
+    activation: ClipActivation | None = None  # for kind "relu": a conversion-aware activation
 
 
 def _location(node: fx.Node) -> str:
@@ -526,6 +542,9 @@ def _to_ops(gm: fx.GraphModule, model: nn.Module) -> tuple[list[_Op], str, Final
         if _is_mean(node):  # global average pooling: a pool and a flatten, two ops
             ops.extend(_mean_ops(node, args, shape))
             continue
+        if node.op == "call_module" and isinstance(modules[str(node.target)], ClipActivation):
+            ops.extend(_activation_ops(node, modules[str(node.target)], args, shape))  # type: ignore[arg-type]
+            continue
         op = _node_to_op(node, modules, args, shape, flattens)
         if op.kind in ("softmax", "log_softmax"):
             final_nodes[op.name] = "softmax" if op.kind == "softmax" else "log_softmax"
@@ -541,6 +560,23 @@ def _to_ops(gm: fx.GraphModule, model: nn.Module) -> tuple[list[_Op], str, Final
         op = next(o for o in ops if o.name == output)
         op.kind = "alias"
     return ops, output, final
+
+
+def _activation_ops(node: fx.Node, module: ClipActivation, args: list[str], shape: tuple[int, ...]) -> list[_Op]:
+    """A conversion-aware activation is a ReLU boundary whose neurons have its clip value as
+    scale; one that normalizes its output (RateNorm: ``/ theta``) adds that constant factor
+    as a linear op, which the next synapse absorbs."""
+    if len(args) != 1:
+        raise _unsupported(node, f"takes {len(args)} tensor inputs where one is expected")
+    path = str(node.target)
+    activation = copy.deepcopy(module).eval()
+    factor = module.output_scale()
+    if factor == 1.0:
+        return [_Op(node.name, "relu", args, shape=shape, label=path, activation=activation)]
+    # the clip alone (the division follows as its own op); the name has a dot, which no fx node name has
+    bound = ThresholdReLU(module.clip_value()).eval()
+    clip = _Op(node.name + ".clip", "relu", args, shape=shape, label=path, activation=bound)
+    return [clip, _Op(node.name, "linear", [clip.name], module=Scale(factor), shape=shape, label=path)]
 
 
 def _is_mean(node: fx.Node) -> bool:
@@ -897,6 +933,7 @@ def _make_stage(
         sources=source_index,
         spiking_pool=is_pool,
         shared=shared,
+        activation=end.activation if end.kind == "relu" else None,
     )
 
 

@@ -1,4 +1,5 @@
-"""Measurements of a converted network: latency, conversion loss, rate-activation fit.
+"""Measurements of a converted network: latency, conversion loss, rate-activation fit, and
+Ding et al.'s fit curve K(t).
 
 Plain functions over tensors and results; accuracies in percent."""
 
@@ -12,7 +13,9 @@ from torch import Tensor
 
 from .network import SpikingNetwork
 
-__all__ = ["LATENCY_Z", "latency", "latency_margin", "steps_to_reach", "conversion_loss", "rate_correlation"]
+__all__ = [
+    "LATENCY_Z", "conversion_loss", "fit_curve", "latency", "latency_margin", "rate_correlation", "steps_to_reach",
+]  # fmt: skip
 
 
 LATENCY_Z = 1.96  # the margin is the half-width of a 95 % confidence interval
@@ -80,3 +83,25 @@ def rate_correlation(snn: SpikingNetwork, images: Tensor, T: int = 100, coding: 
             corr = float(torch.corrcoef(torch.stack([rate, target]))[0, 1])
         report[name] = {"correlation": corr, "mean_abs_error": float((rate - target).abs().mean())}
     return report
+
+
+def fit_curve(snn: SpikingNetwork, images: Tensor, T: int, coding: str = "constant", seed: int = 0) -> dict[str, Tensor]:
+    """Ding et al.'s optimal fit curve (eq. 7) of every layer over time:
+    ``K(t) = ||r(t) - r_hat||^2 / ||r_hat||^2``, with r(t) each neuron's spike count after t
+    steps divided by t and r_hat its ideal rate (the normalized ANN activation clipped to
+    [0, 1]), summed over all neurons of the layer and all ``images``. ``{layer: [T]}``; with
+    constant input Theorem 2 bounds it by ``2 Omega / t`` (:func:`rate_inference_loss` of
+    r_hat), for the first layer exactly."""
+    from .simulate import simulate
+
+    result = simulate(snn, images, T=T, coding=coding, seed=seed, record_trains=True)
+    if result.spike_trains is None:  # record_trains=True always fills it
+        raise RuntimeError("simulate() returned no spike trains")
+    ideal = snn.analog_forward(images.to(next(snn.parameters()).device))
+    steps = torch.arange(1, T + 1, dtype=torch.float64).view(-1, 1)
+    curves = {}
+    for (name, trains), target in zip(result.spike_trains.items(), ideal, strict=True):
+        r_hat = target.double().clamp(0, 1).flatten().cpu()
+        rates = trains.double().flatten(1).cumsum(0) / steps  # [T, neurons x images]
+        curves[name] = ((rates - r_hat) ** 2).sum(1) / (r_hat**2).sum().clamp_min(1e-300)
+    return curves

@@ -66,6 +66,7 @@ class ConversionInfo:
     reset: str
     v_min: float | None
     spiking_pool: bool
+    initial_potential: float | str = 0.0  # fraction of the threshold, or "auto" (per activation)
 
 
 class SpikingNetwork(nn.Module):
@@ -140,7 +141,7 @@ class SpikingNetwork(nn.Module):
                 out = out[0]
             else:
                 z = stage.synapse(*inputs)
-                v = previous if previous is not None else torch.zeros_like(z)
+                v = previous if previous is not None else stage.neuron.initial_membrane(z)
                 if stage.is_output and self.readout in ("membrane", "softmax"):
                     state = v + z
                     out = state if self.readout == "membrane" else softmax_spikes(state, self.softmax_rate, self._generator)
@@ -181,6 +182,7 @@ class SpikingNetwork(nn.Module):
                     "threshold": _plain(s.neuron.threshold),
                     "reset": s.neuron.reset,
                     "v_min": _plain(s.neuron.v_min),
+                    "v_init": _plain(s.neuron.v_init),
                     "sources": list(s.source_indices(i)),
                     **({"maxpool_gate": vars(s.gate)} if s.gate is not None else {}),
                 }

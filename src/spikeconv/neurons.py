@@ -3,6 +3,7 @@
 ``if_step(z, v, params) -> (spikes, v)`` is the whole neuron model; the simulator owns the
 loop over time. Dynamics (Yang eq. 1 and Fig. 2c; Rueckauer eq. 4):
 
+    V(0) = v_init                              0, or e.g. threshold / 2 (QCFS, Bu et al. 2022)
     V(t) = V(t-1) + z(t)                       integrate the synaptic current (bias included)
     spike if V(t) >= threshold                 at most one spike per step
     reset "zero":     V <- 0 after a spike      (Yang Fig. 2c; Rueckauer eq. 4a)
@@ -37,6 +38,7 @@ class IFParams:
     threshold: float | Tensor = 1.0  # firing threshold tau^l; per channel: shape [C, 1, 1] or [F]
     reset: Reset = "subtract"  # what a spike does to the membrane
     v_min: float | Tensor | None = None  # lower bound of the membrane potential; None: unbounded
+    v_init: float | Tensor = 0.0  # membrane potential before the first step (same units as the threshold)
 
     def __post_init__(self) -> None:
         if self.reset not in RESETS:
@@ -45,6 +47,16 @@ class IFParams:
             raise ValueError(f"threshold must be positive, got {self.threshold}")
         if self.v_min is not None and bool(torch.any(torch.as_tensor(self.v_min) > 0)):
             raise ValueError(f"v_min must be <= 0 (it bounds the membrane from below), got {self.v_min}")
+        if not bool(torch.all(torch.isfinite(torch.as_tensor(self.v_init)))):
+            raise ValueError(f"v_init must be finite, got {self.v_init}")
+
+    def initial_membrane(self, like: Tensor) -> Tensor:
+        """The membrane before the first step, shaped and laid out like ``like`` (one step's
+        current)."""
+        v = torch.zeros_like(like)
+        if isinstance(self.v_init, Tensor):
+            return v.add_(self.v_init.to(device=like.device, dtype=like.dtype))
+        return v.add_(self.v_init) if self.v_init != 0 else v
 
     @property
     def unit_threshold(self) -> bool:

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from .calibrate import ActivationStats, LayerStats
-from .graph import ConversionError, TracedNetwork
+from .graph import ConversionError, Stage, TracedNetwork
 from .inputs import is_number
 
 __all__ = [
@@ -128,7 +128,7 @@ def robust(traced: TracedNetwork, stats: ActivationStats, p: float = 99.9) -> li
         raise ValueError(f"p must be a percentile in (0, 100], got {p}")
     raw: list[ScaleValue] = []
     for stage, layer in zip(traced.stages, stats.layers, strict=True):
-        raw.append(0.0 if stage.inherits_scale else _require_active(layer, layer.percentile(p)))
+        raw.append(0.0 if stage.inherits_scale else _own_scale(stage, layer, lambda: layer.percentile(p)))
     return _inherit(traced, raw)
 
 
@@ -143,8 +143,8 @@ def channelwise(traced: TracedNetwork, stats: ActivationStats, p: float = 99.9) 
         raise ValueError(f"p must be a percentile in (0, 100], got {p}")
     raw: list[ScaleValue] = []
     for stage, layer in zip(traced.stages, stats.layers, strict=True):
-        if stage.inherits_scale:
-            raw.append(0.0)
+        if stage.inherits_scale or stage.clip is not None:
+            raw.append(stage.clip or 0.0)
             continue
         layer_scale = _require_active(layer, layer.percentile(p))
         if stage.is_output:
@@ -167,10 +167,10 @@ def nscaling(
         raise ValueError(f"n must be in (0, 1] (Yang eq. 15 derives n in [0.5, 1]), got {n}")
     raw: list[ScaleValue] = []
     for stage, layer in zip(traced.stages, stats.layers, strict=True):
-        raw.append(0.0 if stage.inherits_scale else n * _require_active(layer, layer.max))
+        raw.append(0.0 if stage.inherits_scale else _own_scale(stage, layer, lambda: n * layer.max))
     scales = _inherit(traced, raw)
     first = next(i for i, s in enumerate(traced.stages) if not s.inherits_scale)
-    if ceil_first and traced.stages[first].sources == (-1,):
+    if ceil_first and traced.stages[first].sources == (-1,) and traced.stages[first].clip is None:
         f1 = float(scales[first])
         ratio = math.ceil(f1) / f1
         scales = [s * ratio for s in scales]
@@ -193,6 +193,11 @@ def smallest_unsaturated_n(
         if all(layer.fraction_below(largest(scale)) >= fraction for layer, scale in zip(stats.layers, scales, strict=True)):
             return n
     return 1.0
+
+
+def _own_scale(stage: Stage, layer: LayerStats, scale: Callable[[], float]) -> float:
+    """A stage's scale from its statistics, or its activation's clip value (which needs none)."""
+    return stage.clip if stage.clip is not None else _require_active(layer, scale())
 
 
 def _require_active(layer: LayerStats, scale: float) -> float:
@@ -330,7 +335,10 @@ def map_scales(traced: TracedNetwork, stats: ActivationStats, rule: str, **optio
         resolved = dict(options, n_chosen_by="auto: smallest n with >= 90 % unsaturated in every layer")
     else:
         resolved = dict(options)
-    scales = share_scales(traced, spec.scales(traced, stats, **options))
+    # a conversion-aware activation's layer takes its clip value, whatever the rule: the
+    # activation never exceeds it and was trained for exactly that bound
+    raw = [s if stage.clip is None else stage.clip for stage, s in zip(traced.stages, spec.scales(traced, stats, **options), strict=True)]
+    scales = share_scales(traced, raw)
     layers = []
     for stage, layer, scale in zip(traced.stages, stats.layers, scales, strict=True):
         input_scale = max((1.0 if s < 0 else largest(scales[s]) for s in stage.sources), default=1.0)

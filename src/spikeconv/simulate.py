@@ -694,7 +694,7 @@ def _recurrence(
         if not broadcast and not _kernel.dense_blocks(current, 2):
             current = current.contiguous()
         if v is None:
-            v = torch.zeros_like(current[0])  # the current's layout (channels-last or not)
+            v = stage.neuron.initial_membrane(current[0])  # the current's layout (channels-last or not)
         if not _kernel.dense_blocks(v, 1) or not _kernel.same_layout(v, 1, current, 2):
             v = torch.empty_like(current[0]).copy_(v)  # rare: give the state the current's layout
         spikes = current if not broadcast else spikes_out if spikes_out is not None else _kernel.steps_like(v, len(current))
@@ -709,7 +709,7 @@ def _recurrence(
         )  # fmt: skip
         return spikes, membranes, v, counts
     if v is None:
-        v = torch.zeros_like(current[0])
+        v = stage.neuron.initial_membrane(current[0])
     spikes = torch.empty_like(current)
     membranes = torch.empty_like(current) if stage.is_output else None
     for k in range(len(current)):
