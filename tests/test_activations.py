@@ -16,6 +16,7 @@ from spikeconv.activations import (
     RateNorm,
     ThresholdReLU,
     rate_inference_loss,
+    rate_norm_outputs,
     replace_relus,
 )
 from spikeconv.metrics import fit_curve
@@ -219,3 +220,43 @@ def test_a_trained_qcfs_digits_net_matches_its_ann_within_a_point_at_8_steps(dig
     assert ann > 97.0 and result.accuracy_at(8) >= ann - 1.0, (ann, result.accuracy_curve().tolist())
     plain = spikeconv.convert(model, train_set.tensors()[0], rule="maxnorm", initial_potential=0.0)
     assert spikeconv.simulate(plain, test_set, T=2).accuracy_at(2) < result.accuracy_at(2)  # theta/2 helps early
+
+
+def test_cli_trains_an_activation_and_the_checkpoint_rebuilds_it(tmp_path, capsys):
+    from spikeconv.cli import main
+    from spikeconv.convert import load_snn
+    from spikeconv.training import load_model
+
+    out, snn_path = tmp_path / "q.pt", tmp_path / "qs.pt"
+    train = ["train", "--model", "digits", "--epochs", "3", "--batch-size", "32", "--lr", "1e-2", "--quiet"]
+    assert main([*train, "--activation", "qcfs", "--levels", "4", "--theta", "4", "--out", str(out)]) == 0
+    model, record = load_model(out)
+    assert record["options"]["activation"] == "qcfs"
+    assert sum(isinstance(m, QCFS) and m.levels == 4 for m in model.modules()) == 2
+    assert main(["convert", "--model", str(out), "--rule", "maxnorm", "--calibration-size", "300", "--quiet",
+                 "--out", str(snn_path)]) == 0  # fmt: skip
+    snn, _ = load_snn(snn_path)
+    assert [s.neuron.v_init for s in snn.spiking_stages] == [0.5, 0.5, 0.0]
+    assert main(["evaluate", "--snn", str(snn_path), "-T", "8", "--test-size", "50", "--quiet"]) == 0
+    assert "ANN" in capsys.readouterr().out  # the ANN was rebuilt with its QCFS layers
+    for bad, message in ((["--theta", "2"], "not of relu"), (["--activation", "qcfs", "--ril", "1"], "needs activation 'ratenorm'")):
+        assert main([*train, *bad, "--out", str(tmp_path / "x.pt")]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_rate_inference_loss_in_training_lowers_omega(digits, tmp_path):
+    """Ding eq. 9: the same RateNorm digits net trained with lambda = 1 ends with a smaller
+    mean Omega of its Rate Norm Layers than with lambda = 0."""
+    from spikeconv.training import TrainOptions, train
+
+    train_set, _ = digits
+    x = train_set.tensors()[0][:300]
+    omegas = {}
+    for ril in (0.0, 1.0):
+        options = TrainOptions(epochs=4, batch_size=32, lr=1e-2, activation="ratenorm", ril=ril)
+        model, _ = train("digits", train_set, None, options, tmp_path / f"r{ril}.pt", progress=False)
+        with torch.no_grad(), rate_norm_outputs(model) as rates:
+            model(x)
+        assert len(rates) == 2
+        omegas[ril] = float(torch.stack([rate_inference_loss(r).mean() for r in rates]).mean())
+    assert omegas[1.0] < omegas[0.0], omegas

@@ -20,21 +20,25 @@ them.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 __all__ = [
+    "ACTIVATIONS",
     "QCFS",
     "ActivationTracer",
     "ClipActivation",
     "RateNorm",
     "ThresholdReLU",
+    "make_activation",
     "rate_inference_loss",
+    "rate_norm_outputs",
     "replace_relus",
 ]
 
@@ -197,6 +201,57 @@ def rate_inference_loss(rates: Tensor, eps: float = 1e-12) -> Tensor:
     ``K(t) < 2 Omega / t`` (Theorem 2), so a smaller Omega converges sooner."""
     flat = rates.flatten(1)
     return flat.abs().sum(1) / flat.pow(2).sum(1).clamp_min(eps)
+
+
+ACTIVATIONS = ("relu", "threshold", "qcfs", "ratenorm")
+
+
+def make_activation(
+    kind: str,
+    *,
+    levels: int = 8,
+    theta: float | None = None,
+    trainable_theta: bool = False,
+    shift_steps: int | None = None,
+) -> Callable[[], nn.Module] | None:
+    """A factory of the activation ``kind`` (``None`` for ``relu``), for :func:`replace_relus`:
+    ``threshold`` (theta 1 by default, fixed unless ``trainable_theta``; ``shift_steps``),
+    ``qcfs`` (``levels``, trainable threshold, 8 by default as in Bu et al.'s code),
+    ``ratenorm`` (p trainable from 1)."""
+    if kind not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {kind!r}")
+    if kind == "relu":
+        if theta is not None or shift_steps is not None:
+            raise ValueError("theta and shift_steps are options of the threshold and qcfs activations, not of relu")
+        return None
+    if kind == "threshold":
+        value = 1.0 if theta is None else theta
+        return lambda: ThresholdReLU(value, trainable=trainable_theta, shift_steps=shift_steps)
+    if shift_steps is not None:
+        raise ValueError(f"shift_steps is an option of the threshold activation, not of {kind}")
+    if kind == "qcfs":
+        value = 8.0 if theta is None else theta
+        return lambda: QCFS(levels, value)
+    if theta is not None:
+        raise ValueError("ratenorm learns its threshold (p x running max): it takes no theta")
+    return RateNorm
+
+
+@contextlib.contextmanager
+def rate_norm_outputs(model: nn.Module) -> Iterator[list[Tensor]]:
+    """Within the block, the outputs of ``model``'s Rate Norm Layers (its simulated firing
+    rates, Ding eq. 6) in the order they run, for :func:`rate_inference_loss`."""
+    outputs: list[Tensor] = []
+    hooks = [
+        m.register_forward_hook(lambda _module, _inputs, out: outputs.append(out))
+        for m in model.modules()
+        if isinstance(m, RateNorm)
+    ]
+    try:
+        yield outputs
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 _FUNCTIONAL_RELUS = {F.relu, torch.relu}

@@ -19,6 +19,7 @@ from .data import DATASETS, DatasetNotFoundError, ImageDataset, load_dataset
 from .encoders import CODINGS
 from .experiments import run_demo, yang
 from .experiments.yang_report import REPORTS
+from .activations import ACTIVATIONS
 from .graph import ConversionError, trace
 from .io import fingerprint, write_json, write_text
 from .metrics import conversion_loss, rate_correlation
@@ -105,6 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", type=_positive_int, default=None, help="random crops of this size (test: centre crops)")
     p.add_argument("--flip", action="store_true", help="random horizontal flips")
     p.add_argument("--pad", type=int, default=0, help="zero-pad by this many pixels before the random crop (CIFAR-10: 4)")
+    p.add_argument(
+        "--activation", choices=ACTIVATIONS, default="relu",
+        help="train every ReLU as this (spikeconv.activations): threshold ReLU, QCFS or Rate Norm Layer",
+    )  # fmt: skip
+    p.add_argument("--levels", type=_positive_int, default=8, help="qcfs: quantization levels L")
+    p.add_argument("--theta", type=float, default=None, help="threshold / qcfs: the clip value (default: 1 / 8)")
+    p.add_argument("--train-theta", action="store_true", help="threshold: learn theta (qcfs always learns it)")
+    p.add_argument("--shift", type=_positive_int, default=None, help="threshold: train with the shift theta/(2T), T = this")
+    p.add_argument("--ril", type=float, default=0.0, help="ratenorm: weight of Ding's Rate Inference Loss")
     p.add_argument("--out", type=Path, required=True, help="checkpoint file (written after every epoch)")
 
     p = command("convert", "convert a trained model into a spiking network")
@@ -260,8 +270,10 @@ def _cmd_train(args: argparse.Namespace) -> None:
     train_set = load_dataset(name, "train", args.data_root)
     test_set = _load_for_model(name, "test", args.data_root, ZOO[args.model].input_shape, None, args.seed)
     options = TrainOptions(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, crop=args.crop, flip=args.flip, pad=args.pad
-    )
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, crop=args.crop, flip=args.flip,
+        pad=args.pad, activation=args.activation, levels=args.levels, theta=args.theta,
+        trainable_theta=args.train_theta, shift=args.shift, ril=args.ril,
+    )  # fmt: skip
     _, record = train(args.model, train_set, test_set, options, args.out, progress=args.progress, log=not args.quiet)
     print(f"{args.model}: test accuracy {record['history'][-1]['test_accuracy']:.2f} % -> {args.out}")
 
@@ -310,7 +322,8 @@ def _cmd_convert(args: argparse.Namespace) -> None:
         initial_potential=_parse_initial_potential(args.initial_potential), readout=args.readout,
         maxpool_rate=args.maxpool_rate, maxpool_decay=args.maxpool_decay, **_rule_options(args),
     )  # fmt: skip
-    save_snn(args.out, snn, {k: record[k] for k in ("format", "arch", "input_shape", "state_dict")} | {"dataset": name})
+    ann = {k: record[k] for k in ("format", "arch", "input_shape", "state_dict")} | {"options": record.get("options", {})}
+    save_snn(args.out, snn, ann | {"dataset": name})
     assert snn.info is not None
     mapping = snn.info.mapping
     print(f"{record['arch']} -> {args.rule} ({stats.images} calibration images), reset {args.reset}")

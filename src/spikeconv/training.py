@@ -7,6 +7,7 @@ it was and ends with the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,19 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from .activations import (
+    make_activation,
+    rate_inference_loss,
+    rate_norm_outputs,
+    replace_relus,
+)
 from .data import ImageDataset
 from .io import fingerprint, load_torch, save_torch
 from .models import ZOO, build_model
 
-__all__ = ["TrainOptions", "train", "evaluate_ann", "save_model", "load_model", "model_from_record", "augment"]
+__all__ = [
+    "TrainOptions", "augment", "build_trainable", "evaluate_ann", "load_model", "model_from_record", "save_model", "train",
+]  # fmt: skip
 
 MODEL_FORMAT = "spikeconv-model/1"
 
@@ -34,12 +43,35 @@ class TrainOptions:
     crop: int | None = None  # random crops of this size for training (Yang's CIFAR-10: 24 from 32)
     flip: bool = False  # random horizontal flips for training
     pad: int = 0  # zero-pad by this much before the random crop (the usual CIFAR-10 protocol: 4)
+    # the activation every ReLU is trained as (spikeconv.activations): relu, threshold, qcfs, ratenorm
+    activation: str = "relu"
+    levels: int = 8  # qcfs: quantization levels L
+    theta: float | None = None  # threshold / qcfs: the clip value (default 1 / 8)
+    trainable_theta: bool = False  # threshold: learn theta
+    shift: int | None = None  # threshold: train with the shift theta / (2 T), T = shift
+    ril: float = 0.0  # ratenorm: weight lambda of Ding's Rate Inference Loss (mean Omega over layers)
 
     def __post_init__(self) -> None:
         if self.epochs <= 0 or self.batch_size <= 0 or self.lr <= 0:
             raise ValueError(f"epochs, batch_size and lr must be positive: {self}")
         if self.pad < 0:
             raise ValueError(f"pad must be >= 0, got {self.pad}")
+        self.activation_factory()  # refuses unknown activations and options that do not belong
+        if self.ril < 0 or (self.ril > 0 and self.activation != "ratenorm"):
+            raise ValueError(f"ril (Rate Inference Loss weight) must be >= 0 and needs activation 'ratenorm', got {self.ril}")
+
+    def activation_factory(self) -> Callable[[], nn.Module] | None:
+        return make_activation(
+            self.activation, levels=self.levels, theta=self.theta, trainable_theta=self.trainable_theta,
+            shift_steps=self.shift,
+        )  # fmt: skip
+
+
+def build_trainable(arch: str, options: TrainOptions) -> nn.Module:
+    """Zoo model ``arch`` with its ReLUs trained as ``options.activation``."""
+    model = build_model(arch)
+    make = options.activation_factory()
+    return model if make is None else replace_relus(model, make)
 
 
 @torch.inference_mode()
@@ -72,7 +104,7 @@ def train(
     log = progress if log is None else log
     checkpoint = Path(checkpoint)
     torch.manual_seed(options.seed)
-    model = build_model(arch)
+    model = build_trainable(arch, options)
     expected = ZOO[arch].input_shape
     trained_shape = train_set.input_shape if options.crop is None else (train_set.input_shape[0], options.crop, options.crop)
     if trained_shape != expected:
@@ -119,7 +151,7 @@ def train(
         for x, y in bar:
             x = augment(x, options, generator)
             optimizer.zero_grad(set_to_none=True)
-            loss = _loss(loss_fn, model, model(x), y)
+            loss = _loss(loss_fn, model, x, y, options.ril)
             loss.backward()
             optimizer.step()
             scheduler.step()
@@ -147,13 +179,20 @@ def train(
     return model, record
 
 
-def _loss(loss_fn: nn.Module, model: nn.Module, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _loss(loss_fn: nn.Module, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ril: float = 0.0) -> torch.Tensor:
     """Cross-entropy; for a model that ends in a softmax (Rueckauer's CIFAR-10 net) the
-    negative log of its probabilities, which is the same loss."""
+    negative log of its probabilities, which is the same loss. With ``ril > 0``, plus ``ril``
+    times the mean Rate Inference Loss of the Rate Norm Layers (Ding eq. 9)."""
+    with rate_norm_outputs(model) as rates:
+        out = model(x)
     last = list(model.modules())[-1]
     if isinstance(last, nn.Softmax):
-        return nn.functional.nll_loss(torch.log(out.clamp_min(1e-30)), y)
-    return loss_fn(out, y)
+        loss = nn.functional.nll_loss(torch.log(out.clamp_min(1e-30)), y)
+    else:
+        loss = loss_fn(out, y)
+    if ril > 0 and rates:
+        loss = loss + ril * torch.stack([rate_inference_loss(r).mean() for r in rates]).mean()
+    return loss
 
 
 def augment(x: Tensor, options: TrainOptions, generator: torch.Generator) -> Tensor:
@@ -185,9 +224,10 @@ def _checkpoint_record(arch: str, model: nn.Module, options: TrainOptions, histo
     }
 
 
-def save_model(path: str | Path, arch: str, model: nn.Module) -> None:
-    """Save a zoo model's weights in the format :func:`load_model` reads."""
-    save_torch(path, _checkpoint_record(arch, model, TrainOptions(), []))
+def save_model(path: str | Path, arch: str, model: nn.Module, options: TrainOptions | None = None) -> None:
+    """Save a zoo model's weights in the format :func:`load_model` reads (``options`` says
+    which activation it was built with; default: ReLU)."""
+    save_torch(path, _checkpoint_record(arch, model, options or TrainOptions(), []))
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -199,7 +239,10 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
 
 def model_from_record(record: dict[str, Any]) -> nn.Module:
-    """The zoo model a checkpoint record describes, with its weights, in eval mode."""
-    model = build_model(record["arch"])
+    """The zoo model a checkpoint record describes (its activation included), with its
+    weights, in eval mode."""
+    # records written before an option existed hold its default
+    options = TrainOptions(**{**asdict(TrainOptions()), **record.get("options", {})})
+    model = build_trainable(record["arch"], options)
     model.load_state_dict(record["state_dict"])
     return model.eval()
