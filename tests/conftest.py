@@ -44,7 +44,10 @@ def round_parameters(module: nn.Module) -> None:
 
 # Tests that two computations give *identical* spikes use sums that are exact in floating
 # point: otherwise another CPU's kernels (another summation order) can put a neuron's input
-# on the other side of its threshold, and the trains part (issue 15).
+# on the other side of its threshold, and the trains part (issue 15). Simulator against
+# simulator: :func:`exact` parameters and :func:`grid_images`. Weight scaling against
+# threshold balancing (different weights): :func:`power_of_two_stats`, on a model with
+# :func:`round_parameters` and grid images, so that every sum of both networks is exact too.
 
 
 def grid_images(n: int, seed: int = 1, dtype: torch.dtype = torch.float64) -> torch.Tensor:

@@ -189,6 +189,7 @@ def test_buffers_reused_over_time_chunks_of_unequal_length_keep_the_reference_sp
     for name in chunked.spike_trains:
         assert torch.equal(chunked.spike_trains[name], reference.spike_trains[name]), name
     assert torch.equal(chunked.output_counts, reference.output_counts)
+    assert all(v > 0 for v in chunked.spikes_per_layer.values())
 
 
 def test_sixteen_output_convolutions_scatter_at_low_rates_and_keep_the_reference_spikes(monkeypatch):
@@ -218,6 +219,7 @@ def test_sixteen_output_convolutions_scatter_at_low_rates_and_keep_the_reference
     reference = spikeconv.simulate(snn, images, method="reference", **kwargs)
     for name in fast.spike_trains:
         assert torch.equal(fast.spike_trains[name], reference.spike_trains[name]), name
+    assert all(v > 0 for v in fast.spikes_per_layer.values())
 
 
 def test_fixed_point_networks_take_the_event_path_and_unrounded_ones_do_not(monkeypatch):
@@ -238,6 +240,7 @@ def test_fixed_point_networks_take_the_event_path_and_unrounded_ones_do_not(monk
     reference = spikeconv.simulate(snn, images, method="reference", **kwargs)
     for name in fast.spike_trains:
         assert torch.equal(fast.spike_trains[name], reference.spike_trains[name]), name
+    assert all(v > 0 for v in fast.spikes_per_layer.values())
 
 
 def test_kernels_without_openmp_split_images_over_python_threads(monkeypatch):
@@ -254,6 +257,7 @@ def test_kernels_without_openmp_split_images_over_python_threads(monkeypatch):
     assert pools, "the kernels did not run on Python threads"
     for name in with_openmp.spike_trains:
         assert torch.equal(with_openmp.spike_trains[name], threads.spike_trains[name]), name
+    assert all(v > 0 for v in threads.spikes_per_layer.values())
 
 
 def test_event_forms_are_kept_per_network_until_a_weight_changes_in_place(monkeypatch):
@@ -278,6 +282,7 @@ def test_event_forms_are_kept_per_network_until_a_weight_changes_in_place(monkey
     dense = spikeconv.simulate(snn, images, T=15, record_trains=True, event_driven=False)
     for name in changed.spike_trains:
         assert torch.equal(changed.spike_trains[name], dense.spike_trains[name]), name
+    assert all(v > 0 for v in changed.spikes_per_layer.values())
     conv = snn.spiking_stages[2].synapse[0]
     conv.weight.data = on_grid(conv.weight.detach().clone())  # a new tensor, back on the grid
     calls.clear()
@@ -324,6 +329,7 @@ def test_event_synapse_after_a_spiking_max_pool_equals_the_reference(monkeypatch
     for name in fast.spike_trains:
         assert torch.equal(fast.spike_trains[name], reference.spike_trains[name]), name
     assert torch.equal(fast.output_counts, reference.output_counts)
+    assert all(v > 0 for v in fast.spikes_per_layer.values())
 
 
 def test_event_conv_refuses_inputs_it_cannot_run_and_says_what_to_pass():

@@ -38,6 +38,7 @@ def test_fixed_point_fast_path_equals_reference_and_16_bits_track_float(coding):
     reference = spikeconv.simulate(snn, images, method="reference", **kwargs)
     for name in fast.spike_trains:
         assert torch.equal(fast.spike_trains[name], reference.spike_trains[name])
+    assert all(v > 0 for v in fast.spikes_per_layer.values())
     assert fast.fixed_point["integer_bits"] == snn.info.mapping.membrane_bits
     floating = spikeconv.simulate(snn, images, T=60, coding=coding)
     agree = float((floating.predictions == fast.predictions).double().mean())

@@ -51,6 +51,7 @@ def test_spiking_pool_gives_pools_their_own_neurons_with_scale_one():
     fast = spikeconv.simulate(snn, images, T=20, record_trains=True)
     ref = spikeconv.simulate(snn, images, T=20, record_trains=True, method="reference")
     assert all(torch.equal(fast.spike_trains[k], ref.spike_trains[k]) for k in fast.spike_trains)
+    assert all(v > 0 for v in fast.spikes_per_layer.values())  # the pools' neurons spike too
 
 
 def test_the_users_model_is_not_modified():

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import is_power_of_two, power_of_two_stats, random_images, small_cnn
+from conftest import grid_images, is_power_of_two, power_of_two_stats, random_images, round_parameters, small_cnn
 
 import spikeconv
 from spikeconv.calibrate import ActivationObserver
@@ -82,8 +82,11 @@ def test_threshold_balancing_gives_the_same_spikes_as_weight_scaling(base, codin
     """Yang Sec. 3.2: the two mappings differ by the factor lambda_l in every weight, bias,
     membrane and threshold. With power-of-two scales that factor is exact in floating point,
     so the spikes must be identical on any CPU (with other scales a neuron whose input
-    equals its threshold exactly, as max-norm makes one do, may fall either way)."""
-    model, images = small_cnn(), random_images(40)
+    equals its threshold exactly, as max-norm makes one do, may fall either way). The
+    model's parameters and the images are on the 2^-8 grid besides, so that every sum of
+    both networks is exact too, whatever order a kernel sums in."""
+    model, images = small_cnn(), grid_images(40)
+    round_parameters(model)
     traced = spikeconv.trace(model, (1, 8, 8))
     stats = power_of_two_stats(spikeconv.calibrate(traced, images))
     scaled = spikeconv.build_snn(traced, stats, base, reset=reset)

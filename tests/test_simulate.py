@@ -4,7 +4,7 @@ import sys
 
 import pytest
 import torch
-from conftest import exact, grid_images, random_images, small_cnn
+from conftest import exact, grid_images, on_grid, random_images, small_cnn
 
 import spikeconv
 from spikeconv.encoders import encode
@@ -50,7 +50,7 @@ def test_membrane_readout_matches_reference_and_predicts_argmax_potential():
     fast = spikeconv.simulate(snn, images, method="fast", **kwargs)
     _assert_same(fast, spikeconv.simulate(snn, images, method="reference", **kwargs))
     assert torch.equal(fast.predictions, fast.output_membrane.argmax(1))
-    assert fast.output_counts.sum() == 0
+    assert fast.output_counts.sum() == 0 and fast.spikes_per_image.sum() > 0  # the hidden layers spike
 
 
 @pytest.mark.parametrize("coding", ["constant", "poisson"])
@@ -90,7 +90,7 @@ def test_module_forward_is_the_step_by_step_simulation():
     snn.reset_state()
     out = snn(images.unsqueeze(0).expand(T, *images.shape))
     assert out.shape == (T, 6, 5)
-    assert torch.equal(out, result.spike_trains[snn.spiking_stages[-1].name])
+    assert torch.equal(out, result.spike_trains[snn.spiking_stages[-1].name]) and out.sum() > 0
 
 
 def test_seeded_poisson_runs_are_reproducible_and_seeds_differ():
@@ -169,23 +169,37 @@ def test_rates_and_spike_totals_are_consistent():
 def test_fused_kernel_and_tensor_loop_give_the_reference_spikes(monkeypatch, readout, dtype):
     """Reset to zero with V_min (clamped in the IF step, not in the integrate-only output)."""
     from spikeconv import _kernel
+    from spikeconv.neurons import if_step
 
     snn = _convert("zero", readout=readout, dtype=dtype)
     assert snn.spiking_stages[0].neuron.v_min is not None
     images = grid_images(10, seed=11, dtype=dtype)
     kwargs = dict(T=35, coding="constant", record_trains=True)
+    clamped: list[bool] = []
+
+    def step(z, v, params):  # the reference's IF step, noting whether V_min holds a membrane up
+        if params.v_min is not None:
+            clamped.append(bool((v + z < params.v_min).any()))
+        return if_step(z, v, params)
+
+    monkeypatch.setattr(sys.modules["spikeconv.simulate"], "if_step", step)
     reference = spikeconv.simulate(snn, images, method="reference", **kwargs)
+    assert any(clamped), "V_min is never reached: the test would not cover the clamp"
+    assert reference.spikes_per_image.sum() > 0
     _assert_same(spikeconv.simulate(snn, images, method="fast", **kwargs), reference)
     monkeypatch.setattr(_kernel, "supports", lambda current: False)
     _assert_same(spikeconv.simulate(snn, images, method="fast", **kwargs), reference)
 
 
 def test_threshold_balancing_fast_equals_reference_in_float32():
+    """Thresholds other than 1 (comparisons with them are exact; the sums are on the grid)."""
     snn = _convert("subtract", dtype=torch.float32, rule="threshold")
+    assert any(float(s.neuron.threshold) != 1.0 for s in snn.spiking_stages)
     images = grid_images(10, seed=12, dtype=torch.float32)
     kwargs = dict(T=40, coding="constant", record_trains=True)
-    _assert_same(spikeconv.simulate(snn, images, method="fast", **kwargs),
-                 spikeconv.simulate(snn, images, method="reference", **kwargs))  # fmt: skip
+    fast = spikeconv.simulate(snn, images, method="fast", **kwargs)
+    _assert_same(fast, spikeconv.simulate(snn, images, method="reference", **kwargs))
+    assert fast.spikes_per_image.sum() > 0
 
 
 def test_rate_correlation_is_near_one_for_subtraction_and_long_runs():
@@ -207,7 +221,7 @@ def test_sub_batches_give_the_same_labels_and_accuracy_curve():
     split = spikeconv.simulate(snn, (images, labels), T=40, coding="constant", memory_bytes=1)  # one image each
     assert torch.equal(whole.labels, split.labels) and torch.equal(whole.predictions, split.predictions)
     assert torch.equal(whole.accuracy_curve(), split.accuracy_curve())
-    assert torch.equal(whole.output_counts, split.output_counts)
+    assert torch.equal(whole.output_counts, split.output_counts) and whole.output_counts.sum() > 0
 
 
 @pytest.mark.parametrize("reset", ["zero", "subtract"])
@@ -222,7 +236,8 @@ def test_fused_kernel_in_channels_last_layout_steps_like_if_step(reset, v_min):
         pytest.skip("no C compiler")
     params = IFParams(threshold=0.75, reset=reset, v_min=v_min)
     gen = torch.Generator().manual_seed(3)
-    flat = (torch.rand(24, 5, 3, 3, generator=gen) - 0.3).contiguous(memory_format=torch.channels_last)
+    flat = on_grid(torch.rand(24, 5, 3, 3, generator=gen) - 0.3)  # exact membrane sums (as threshold and V_min)
+    flat = flat.contiguous(memory_format=torch.channels_last)
     current = flat.unflatten(0, (6, 4))  # [steps, B, C, H, W], as the simulator makes it
     assert _kernel.dense_blocks(current, 2) and not current.is_contiguous()
     assert not _kernel.dense_blocks(current.transpose(0, 1), 2)
