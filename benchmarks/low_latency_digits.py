@@ -120,9 +120,11 @@ def render(record: dict) -> str:
     lines = [
         "# Low-latency conversion on the 8x8 digits",
         "",
-        f"Command: `{record['command']}` ({record['date']}, {record['machine']}). {record['test_images']} test "
-        "images, analog input, reset by subtraction; each activation's layers take its clip value as threshold, "
-        "the output layer max-norm.",
+        (
+            f"Command: `{record['command']}` ({record['date']}, {record['machine']}). {record['test_images']} test "
+            "images, analog input, reset by subtraction; each activation's layers take its clip value as threshold, "
+            "the output layer max-norm."
+        ),
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),

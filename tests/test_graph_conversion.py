@@ -8,7 +8,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import exact, is_power_of_two, on_grid, power_of_two_stats, round_parameters
+from conftest import (
+    exact,
+    is_power_of_two,
+    on_grid,
+    power_of_two_stats,
+    round_parameters,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn

@@ -5,7 +5,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import grid_images, is_power_of_two, power_of_two_stats, random_images, round_parameters, small_cnn
+from conftest import (
+    grid_images,
+    is_power_of_two,
+    power_of_two_stats,
+    random_images,
+    round_parameters,
+    small_cnn,
+)
 
 import spikeconv
 from spikeconv.calibrate import ActivationObserver

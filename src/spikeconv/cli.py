@@ -13,13 +13,13 @@ from typing import Any
 import torch
 
 from . import __version__
+from .activations import ACTIVATIONS
 from .calibrate import calibrate
 from .convert import build_snn, load_snn, save_snn
 from .data import DATASETS, DatasetNotFoundError, ImageDataset, load_dataset
 from .encoders import CODINGS
 from .experiments import run_demo, yang
 from .experiments.yang_report import REPORTS
-from .activations import ACTIVATIONS
 from .graph import ConversionError, trace
 from .io import fingerprint, write_json, write_text
 from .metrics import conversion_loss, rate_correlation
@@ -31,7 +31,7 @@ from .rules import BASES, RULES
 from .simulate import simulate
 from .training import TrainOptions, evaluate_ann, load_model, model_from_record, train
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 
 def _positive_int(text: str) -> int:

@@ -20,7 +20,7 @@ from typing import TypeGuard
 import torch
 from torch import Tensor
 
-__all__ = ["InputRangeWarning", "check_count", "is_integer", "is_number", "warn_user", "iter_batches", "value_range", "check_coding_range", "check_labels", "range_text", "outside"]
+__all__ = ["InputRangeWarning", "check_coding_range", "check_count", "check_labels", "is_integer", "is_number", "iter_batches", "outside", "range_text", "value_range", "warn_user"]
 
 
 class InputRangeWarning(UserWarning):

@@ -128,7 +128,7 @@ def robust(traced: TracedNetwork, stats: ActivationStats, p: float = 99.9) -> li
         raise ValueError(f"p must be a percentile in (0, 100], got {p}")
     raw: list[ScaleValue] = []
     for stage, layer in zip(traced.stages, stats.layers, strict=True):
-        raw.append(0.0 if stage.inherits_scale else _own_scale(stage, layer, lambda: layer.percentile(p)))
+        raw.append(0.0 if stage.inherits_scale else _own_scale(stage, layer, lambda stats: stats.percentile(p)))
     return _inherit(traced, raw)
 
 
@@ -167,7 +167,7 @@ def nscaling(
         raise ValueError(f"n must be in (0, 1] (Yang eq. 15 derives n in [0.5, 1]), got {n}")
     raw: list[ScaleValue] = []
     for stage, layer in zip(traced.stages, stats.layers, strict=True):
-        raw.append(0.0 if stage.inherits_scale else _own_scale(stage, layer, lambda: n * layer.max))
+        raw.append(0.0 if stage.inherits_scale else _own_scale(stage, layer, lambda stats: n * stats.max))
     scales = _inherit(traced, raw)
     first = next(i for i, s in enumerate(traced.stages) if not s.inherits_scale)
     if ceil_first and traced.stages[first].sources == (-1,) and traced.stages[first].clip is None:
@@ -195,9 +195,9 @@ def smallest_unsaturated_n(
     return 1.0
 
 
-def _own_scale(stage: Stage, layer: LayerStats, scale: Callable[[], float]) -> float:
+def _own_scale(stage: Stage, layer: LayerStats, scale: Callable[[LayerStats], float]) -> float:
     """A stage's scale from its statistics, or its activation's clip value (which needs none)."""
-    return stage.clip if stage.clip is not None else _require_active(layer, scale())
+    return stage.clip if stage.clip is not None else _require_active(layer, scale(layer))
 
 
 def _require_active(layer: LayerStats, scale: float) -> float:
