@@ -41,13 +41,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _n_value(text: str) -> float | str:
+def _number_or_auto(text: str) -> float | str:
+    """A number or ``auto`` (its range is checked where it is used, with a message naming it)."""
     if text == "auto":
         return text
     try:
         return float(text)
     except ValueError as error:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1] or 'auto', got {text!r}") from error
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from error
 
 
 def _steps(text: str) -> list[int]:
@@ -122,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(p)
     p.add_argument("--rule", choices=list(RULES), default="nscaling", help="weight/threshold mapping rule")
     p.add_argument(
-        "--n", type=_n_value, default=None,
+        "--n", type=_number_or_auto, default=None,
         help="nscaling: the n of f = n * a_M (default 0.5), or 'auto': the smallest n with >= 90 %% unsaturated",
     )  # fmt: skip
     p.add_argument("--p", type=float, default=None, help="robust/channelwise: the percentile (default 99.9)")
@@ -136,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--v-min", default="auto", help="membrane lower bound: auto (Yang eq. 17), none, or a number")
     p.add_argument(
-        "--initial-potential", default="auto",
+        "--initial-potential", type=_number_or_auto, default="auto",
         help="membrane before the first step, as a fraction of the threshold in [0, 1): auto (half in QCFS layers, "
         "0 elsewhere) or a number for every layer",
     )  # fmt: skip
@@ -300,15 +301,6 @@ def _parse_v_min(text: str) -> float | str | None:
         raise ValueError(f"--v-min must be auto, none or a number <= 0, got {text!r}") from error
 
 
-def _parse_initial_potential(text: str) -> float | str:
-    if text == "auto":
-        return text
-    try:
-        return float(text)
-    except ValueError as error:
-        raise ValueError(f"--initial-potential must be auto or a fraction in [0, 1), got {text!r}") from error
-
-
 def _cmd_convert(args: argparse.Namespace) -> None:
     model, record = load_model(args.model)
     name = _dataset_name(args, record["arch"])
@@ -319,7 +311,7 @@ def _cmd_convert(args: argparse.Namespace) -> None:
     stats = calibrate(traced, calibration.tensors()[0], max_images=None)
     snn = build_snn(
         traced, stats, args.rule, reset=args.reset, v_min=_parse_v_min(args.v_min),
-        initial_potential=_parse_initial_potential(args.initial_potential), readout=args.readout,
+        initial_potential=args.initial_potential, readout=args.readout,
         maxpool_rate=args.maxpool_rate, maxpool_decay=args.maxpool_decay, **_rule_options(args),
     )  # fmt: skip
     ann = {k: record[k] for k in ("format", "arch", "input_shape", "state_dict")} | {"options": record.get("options", {})}
