@@ -15,7 +15,8 @@ from torch import Tensor, nn
 
 __all__ = [
     "ZOO", "ZooEntry", "build_model", "yang_mnist", "yang_svhn", "yang_cifar10", "digits_net", "rueckauer_cifar10",
-    "ding_cnn", "vgg16", "vgg_small", "preact_resnet18", "PreActBlock", "PreActResNet",
+    "ding_cnn", "vgg16", "vgg16_quarter", "vgg_small", "preact_resnet18", "PreActBlock", "PreActResNet", "BasicBlock",
+    "ResNetCifar", "resnet20",
 ]  # fmt: skip
 
 
@@ -188,6 +189,60 @@ def preact_resnet18(width: float = 1.0, num_classes: int = 10) -> PreActResNet:
     return PreActResNet((2, 2, 2, 2), width=width, num_classes=num_classes)
 
 
+class BasicBlock(nn.Module):
+    """ResNet basic block (He et al. 2016a): conv3-BN-ReLU-conv3-BN plus the shortcut
+    (identity, or a strided 1x1 conv with BN where the shape changes: option B), then ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNetCifar(nn.Module):
+    """The CIFAR ResNets of He et al. 2016a (Sec. 4.2): conv3-16-BN-ReLU, three stages of
+    ``n`` basic blocks (16, 32, 64 channels times ``width``; stride 2 from the second),
+    global average pool, FC. n = 3 is ResNet-20."""
+
+    def __init__(self, n: int = 3, width: float = 1.0, num_classes: int = 10) -> None:
+        super().__init__()
+        channels = [_width(c, width) for c in (16, 32, 64)]
+        self.conv1 = nn.Conv2d(3, channels[0], 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels[0])
+        layers: list[nn.Module] = []
+        cin = channels[0]
+        for i, cout in enumerate(channels):
+            for j in range(n):
+                layers.append(BasicBlock(cin, cout, stride=2 if (i > 0 and j == 0) else 1))
+                cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.linear = nn.Linear(cin, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.layers(F.relu(self.bn1(self.conv1(x))))
+        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+def resnet20(width: float = 1.0, num_classes: int = 10) -> ResNetCifar:
+    """ResNet-20 for CIFAR-10 (3 blocks per stage, 0.27 M parameters at width 1)."""
+    return ResNetCifar(3, width=width, num_classes=num_classes)
+
+
+def vgg16_quarter(num_classes: int = 10) -> nn.Sequential:
+    """VGG-16 at a quarter of the width (16-32-64-128-128 channels, FC-128): the layout of
+    the low-latency papers' VGG-16, small enough to train on two CPU cores."""
+    return vgg16(width=0.25, num_classes=num_classes)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ZooEntry:
     build: Callable[..., nn.Module]  # takes width= where the architecture has one
@@ -205,6 +260,8 @@ ZOO: dict[str, ZooEntry] = {
     "vgg16": ZooEntry(build=vgg16, input_shape=(3, 32, 32), dataset="cifar10"),
     "vgg-small": ZooEntry(build=vgg_small, input_shape=(3, 32, 32), dataset="cifar10"),
     "preact-resnet18": ZooEntry(build=preact_resnet18, input_shape=(3, 32, 32), dataset="cifar10"),
+    "resnet20": ZooEntry(build=resnet20, input_shape=(3, 32, 32), dataset="cifar10"),
+    "vgg16-quarter": ZooEntry(build=vgg16_quarter, input_shape=(3, 32, 32), dataset="cifar10"),
 }
 
 
