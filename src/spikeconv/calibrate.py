@@ -149,6 +149,20 @@ class LayerStats:
         return min(self.max, (index + fraction) * width)
 
 
+    def clip_floor_error(self, scales: Tensor, T: int, shift: float = 0.0) -> Tensor:
+        """For each candidate scale s in ``scales`` ``[K]``, the mean squared error over the
+        calibration activations a of the clip-floor function an IF neuron computes in T
+        steps (Li et al. 2021, eq. 6: ``s/T * clamp(floor(a T / s + shift), 0, T)``; reset by
+        subtraction, initial potential ``shift * s``), from the histogram (each bin at its
+        centre; zeros are exact). ``[K]``."""
+        if self.nonzero == 0:
+            return torch.zeros(len(scales), dtype=torch.float64)
+        width = self.top / len(self.histogram)
+        centres = (torch.arange(len(self.histogram), dtype=torch.float64) + 0.5) * width
+        s = scales.double().reshape(-1, 1)
+        quantized = s / T * torch.clamp(torch.floor(centres * T / s + shift), 0, T)
+        return ((quantized - centres) ** 2 * self.histogram).sum(1) / max(self.count, 1)
+
     def channel_percentile(self, p: float) -> Tensor:
         """The ``p``-th percentile of each channel's non-zero activations, ``[C]``
         (``p = 100``: each channel's exact max; a channel that never fired gets 0)."""

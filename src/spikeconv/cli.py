@@ -15,6 +15,7 @@ import torch
 from . import __version__
 from .activations import ACTIVATIONS
 from .calibrate import calibrate
+from .calibration import CALIBRATIONS, calibrate_snn
 from .convert import build_snn, load_snn, save_snn
 from .data import DATASETS, DatasetNotFoundError, ImageDataset, load_dataset
 from .encoders import CODINGS
@@ -22,7 +23,7 @@ from .experiments import run_demo, yang
 from .experiments.yang_report import REPORTS
 from .graph import ConversionError, trace
 from .io import fingerprint, write_json, write_text
-from .metrics import conversion_loss, rate_correlation
+from .metrics import ann_operations, conversion_loss, rate_correlation
 from .models import ZOO
 from .network import READOUTS, SpikingNetwork
 from .neurons import RATE_ESTIMATES, RESETS
@@ -115,7 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--theta", type=float, default=None, help="threshold / qcfs: the clip value (default: 1 / 8)")
     p.add_argument("--train-theta", action="store_true", help="threshold: learn theta (qcfs always learns it)")
     p.add_argument("--shift", type=_positive_int, default=None, help="threshold: train with the shift theta/(2T), T = this")
-    p.add_argument("--ril", type=float, default=0.0, help="ratenorm: weight of Ding's Rate Inference Loss")
+    p.add_argument("--ril", type=float, default=0.0, help="ratenorm: weight lambda of Ding's Rate Inference Loss")
+    p.add_argument(
+        "--stage2-epochs", type=int, default=0,
+        help="ratenorm: epochs of Ding's stage 2 after --epochs (weights frozen, one shared p trained on "
+        "1 - cos + lambda Omega; stage 1 then keeps p = 1)",
+    )  # fmt: skip
+    p.add_argument("--stage2-lr", type=float, default=1e-2, help="ratenorm: Adam learning rate of stage 2")
     p.add_argument("--out", type=Path, required=True, help="checkpoint file (written after every epoch)")
 
     p = command("convert", "convert a trained model into a spiking network")
@@ -147,6 +154,18 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--spiking-pool", action="store_true", help="give average pools their own IF neurons (Yang)")
     p.add_argument("--calibration-size", type=_positive_int, default=5000, help="training images for statistics")
+    p.add_argument(
+        "--target-T", dest="target_T", type=_positive_int, default=32,
+        help="the time steps that --rule mse's thresholds and --calibrate are made for",
+    )  # fmt: skip
+    p.add_argument(
+        "--calibrate", choices=CALIBRATIONS, default=None,
+        help="SNN Calibration (Li et al. 2021) after mapping: light (bias correction) or advanced (plus a "
+        "per-neuron initial potential)",
+    )  # fmt: skip
+    p.add_argument(
+        "--calibrate-images", type=_positive_int, default=1000, help="--calibrate: training images it uses"
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration subset")
     p.add_argument("--out", type=Path, required=True, help="where to write the converted network")
 
@@ -273,7 +292,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
     options = TrainOptions(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, crop=args.crop, flip=args.flip,
         pad=args.pad, activation=args.activation, levels=args.levels, theta=args.theta,
-        trainable_theta=args.train_theta, shift=args.shift, ril=args.ril,
+        trainable_theta=args.train_theta, shift=args.shift, ril=args.ril, stage2_epochs=args.stage2_epochs,
+        stage2_lr=args.stage2_lr,
     )  # fmt: skip
     _, record = train(args.model, train_set, test_set, options, args.out, progress=args.progress, log=not args.quiet)
     print(f"{args.model}: test accuracy {record['history'][-1]['test_accuracy']:.2f} % -> {args.out}")
@@ -289,6 +309,10 @@ def _rule_options(args: argparse.Namespace) -> dict[str, Any]:
         if args.rule != "threshold":
             raise ValueError("--base only applies to --rule threshold")
         options["base"] = args.base
+    if args.rule == "mse" or options.get("base") == "mse":
+        options["T"] = args.target_T
+        if args.initial_potential != "auto":  # the thresholds are chosen for the potential the neurons start at
+            options["shift"] = args.initial_potential
     return options
 
 
@@ -314,6 +338,9 @@ def _cmd_convert(args: argparse.Namespace) -> None:
         initial_potential=args.initial_potential, readout=args.readout,
         maxpool_rate=args.maxpool_rate, maxpool_decay=args.maxpool_decay, **_rule_options(args),
     )  # fmt: skip
+    if args.calibrate is not None:
+        images = calibration.tensors()[0][: args.calibrate_images]
+        snn = calibrate_snn(snn, images, T=args.target_T, mode=args.calibrate, progress=args.progress)
     ann = {k: record[k] for k in ("format", "arch", "input_shape", "state_dict")} | {"options": record.get("options", {})}
     save_snn(args.out, snn, ann | {"dataset": name})
     assert snn.info is not None
@@ -327,6 +354,10 @@ def _cmd_convert(args: argparse.Namespace) -> None:
             f"{layer.name:>8} {layer.max_activation:10.4f} {layer.factor:10.4f} {layer.scale:10.4f} "
             f"{100 * layer.unsaturated:11.2f}% {layer.v_min:10.4f}"
         )
+    if snn.info.calibration is not None:
+        record = snn.info.calibration
+        errors = ", ".join(f"{k}: {v['error_before']:.4f} -> {v['error_after']:.4f}" for k, v in record["layers"].items())
+        print(f"calibration {record['mode']} for T = {record['T']} on {record['images']} images; mean |rate error| {errors}")
     print(f"V_min = {mapping.v_min:.4f}, membrane integer bits N = {mapping.membrane_bits} -> {args.out}")
 
 
@@ -349,9 +380,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
             ann_accuracy = entry["ann_accuracy"] = evaluate_ann(model_from_record(ann), test)
         result = simulate(
             snn, test, T=args.T, coding=args.coding, seed=args.seed, batch_size=args.batch_size,
-            device=args.device, progress=args.progress,
+            device=args.device, progress=args.progress, record_synops=True,
         )  # fmt: skip
         entry.update(result.to_dict())
+        entry["ann_macs_per_image"] = ann_operations(snn)["total"]
         sample = test.tensors()[0][: args.correlation_images]
         entry["rate_correlation"] = rate_correlation(snn, sample, T=args.T, coding=args.coding, seed=args.seed)
         if snn.info is not None:
@@ -367,7 +399,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         print(f"{label} ({len(test)} images): {ann_text}{shown}")
         print(
             f"  latency {result.latency():d} steps (within ±{result.latency_margin:.2f} pp of the final accuracy), "
-            f"{entry['spikes_per_image']:.0f} spikes/image"
+            f"{entry['spikes_per_image']:.0f} spikes/image, {entry['synops_per_image']:.3g} synaptic operations/image "
+            f"({entry['synops_per_image'] / entry['ann_macs_per_image']:.2f} x the ANN's {entry['ann_macs_per_image']:.3g} "
+            "multiply-adds)"
         )
         correlations = ", ".join(f"{k}: {v['correlation']:.3f}" for k, v in entry["rate_correlation"].items())
         print(f"  rate-activation correlation per layer ({len(sample)} images): {correlations}")

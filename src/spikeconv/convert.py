@@ -56,8 +56,8 @@ def build_snn(
     **rule_options: Any,
 ) -> SpikingNetwork:
     """Map the traced ANN onto IF neurons with ``rule`` (``maxnorm``, ``robust``,
-    ``channelwise``, ``nscaling``, ``threshold``) and its options (e.g. ``n=0.5`` for
-    ``nscaling``, ``p=99.9`` for ``robust``).
+    ``channelwise``, ``nscaling``, ``mse``, ``threshold``) and its options (e.g. ``n=0.5``
+    for ``nscaling``, ``p=99.9`` for ``robust``, ``T=32`` for ``mse``).
 
     ``reset``: ``"subtract"`` (reset by subtraction, Rueckauer eq. 4b; the default, right for
     any network) or ``"zero"`` (Yang's setting; see the README for when it is the right choice).
@@ -70,7 +70,8 @@ def build_snn(
     ``initial_potential``: each IF neuron's membrane before the first step, as a fraction of
     its threshold in [0, 1): ``"auto"`` takes half the threshold in the layers of a
     :class:`~spikeconv.activations.QCFS` activation (where T = L steps reproduce the ANN
-    exactly; Bu et al. 2022) and 0 elsewhere; a number sets every layer.
+    exactly; Bu et al. 2022), the rule's ``shift`` (default one half) for the clip-floor
+    ``mse`` rule, and 0 elsewhere; a number sets every layer.
 
     ``readout``: ``spikes`` (spike count), ``membrane`` (accumulated output potential) or
     ``softmax`` (Rueckauer Sec. 3.5; an external generator firing with probability
@@ -130,7 +131,7 @@ def build_snn(
         if isinstance(threshold, Tensor):
             threshold = threshold.to(_dtype(stage))
         floor = None if bound is None else bound * threshold
-        fraction = _initial_fraction(stage, initial_potential)
+        fraction = _initial_fraction(stage, initial_potential, _rule_shift(rule, rule_options))
         neuron = IFParams(threshold=threshold, reset=reset, v_min=floor, v_init=fraction * threshold)  # type: ignore[arg-type]
         stages.append(SpikingStage(stage.name, synapse, neuron, is_output=stage.is_output, sources=stage.sources))
     info = ConversionInfo(
@@ -142,11 +143,23 @@ def build_snn(
     )
 
 
-def _initial_fraction(stage: Stage, initial_potential: float | str) -> float:
-    """The initial membrane of a stage's neurons as a fraction of their threshold."""
+def _rule_shift(rule: str, options: dict[str, Any]) -> float | None:
+    """The initial potential (fraction of the threshold) a rule's scales were chosen for:
+    the clip-floor MSE rule's ``shift``; ``None`` for the others."""
+    if rule == "mse" or (rule == "threshold" and options.get("base") == "mse"):
+        return float(options.get("shift", 0.5))
+    return None
+
+
+def _initial_fraction(stage: Stage, initial_potential: float | str, rule_shift: float | None) -> float:
+    """The initial membrane of a stage's neurons as a fraction of their threshold: the
+    number given, or for ``"auto"`` the activation's (QCFS: one half), else the one the
+    rule's thresholds assume, else 0."""
     if initial_potential != "auto":
         return float(initial_potential)
-    return 0.0 if stage.activation is None or stage.is_output else stage.activation.initial_fraction
+    if stage.activation is not None and not stage.is_output:
+        return stage.activation.initial_fraction
+    return 0.0 if rule_shift is None else rule_shift
 
 
 def _dtype(stage: Stage) -> torch.dtype:

@@ -1,20 +1,25 @@
-"""Measurements of a converted network: latency, conversion loss, rate-activation fit, and
-Ding et al.'s fit curve K(t).
+"""Measurements of a converted network: latency, conversion loss, rate-activation fit,
+Ding et al.'s fit curve K(t), and synaptic operations (fan-out) against the ANN's
+multiply-adds.
 
 Plain functions over tensors and results; accuracies in percent."""
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
 
+from .graph import ChannelAffine, Scale
 from .network import SpikingNetwork
 
 __all__ = [
-    "LATENCY_Z", "conversion_loss", "fit_curve", "latency", "latency_margin", "rate_correlation", "steps_to_reach",
+    "LATENCY_Z", "ann_operations", "conversion_loss", "fit_curve", "latency", "latency_margin", "rate_correlation",
+    "steps_to_reach", "synaptic_fanouts",
 ]  # fmt: skip
 
 
@@ -105,3 +110,107 @@ def fit_curve(snn: SpikingNetwork, images: Tensor, T: int, coding: str = "consta
         rates = trains.double().flatten(1).cumsum(0) / steps  # [T, neurons x images]
         curves[name] = ((rates - r_hat) ** 2).sum(1) / (r_hat**2).sum().clamp_min(1e-300)
     return curves
+
+
+class _SumPool(nn.Module):
+    """An average pool times its window: each input adds once into each window it is in."""
+
+    def __init__(self, pool: nn.AvgPool2d | nn.AdaptiveAvgPool2d) -> None:
+        super().__init__()
+        self.pool = pool
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = self.pool
+        if isinstance(p, nn.AdaptiveAvgPool2d):
+            out = p(x)
+            return out * (x.shape[-2] * x.shape[-1] / (out.shape[-2] * out.shape[-1]))
+        return F.avg_pool2d(x, p.kernel_size, p.stride, p.padding, p.ceil_mode, p.count_include_pad, divisor_override=1)
+
+
+def _counting(synapse: nn.Module) -> nn.Module:
+    """A float64 copy of ``synapse`` in which every non-zero weight is 1, biases are 0 and
+    average pools sum: fed ones, the gradient at an input is its number of connections."""
+    counting = copy.deepcopy(synapse).double()
+    for parent in list(counting.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
+                setattr(parent, name, _SumPool(child))
+    with torch.no_grad():
+        for module in counting.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear, ChannelAffine)):
+                module.weight.copy_((module.weight != 0).double())
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, Scale):
+                module.factor.copy_((module.factor != 0).double())
+    if isinstance(counting, fx.GraphModule):
+        counting.recompile()
+    return counting
+
+
+def synaptic_fanouts(snn: SpikingNetwork) -> dict[int, list[tuple[int, Tensor]]]:
+    """Per source (a stage index, -1 for the input): ``(consumer, fan-out)`` for every stage
+    whose synapse reads it, where the fan-out ``[shape of one sample]`` is each source
+    neuron's number of synaptic connections into the consumer (connections through a
+    weight of exactly 0 do not count; an input inside a window of p average pools counts
+    once per window). A spike of the neuron costs that many synaptic operations (additions
+    into the consumer's membranes); the ANN does one multiply-add per connection. Max-pool
+    gates relay spikes without synapses (fan-out 0 into them)."""
+    stages = snn.spiking_stages
+    with torch.inference_mode(False), torch.enable_grad():
+        example = torch.zeros(1, *snn.input_shape, dtype=snn.dtype, device=next(snn.parameters()).device)
+        shapes = [tuple(r.shape[1:]) for r in snn.analog_forward(example)]
+        fanouts: dict[int, list[tuple[int, Tensor]]] = {}
+        for j, stage in enumerate(stages):
+            if stage.gate is not None:
+                continue
+            sources = stage.source_indices(j)
+            ones = [
+                torch.ones(1, *(snn.input_shape if s < 0 else shapes[s]), dtype=torch.float64, requires_grad=True)
+                for s in sources
+            ]
+            counting = _counting(stage.synapse).cpu()
+            counting(*ones).sum().backward()
+            for s, x in zip(sources, ones, strict=True):
+                assert x.grad is not None
+                fanouts.setdefault(s, []).append((j, x.grad[0].detach()))
+    return fanouts
+
+
+def ann_operations(snn: SpikingNetwork) -> dict[str, Any]:
+    """The multiply-adds of one inference of the ANN the network was converted from, per
+    layer (``{"layers": {name: MACs}}``) and in all (``"total"``): each convolution and
+    linear layer does one per connection through a non-zero weight (border positions that
+    read padding do none), a folded BatchNorm without a layer before it one per value.
+    Pools' additions and connection weights are not counted. Compare with the SNN's
+    synaptic operations per image (``simulate(..., record_synops=True)``)."""
+    layers: dict[str, float] = {}
+    example = torch.zeros(1, *snn.input_shape, dtype=snn.dtype, device=next(snn.parameters()).device)
+    shapes = [tuple(r.shape[1:]) for r in snn.analog_forward(example)]
+    weighted = (nn.Conv2d, nn.Linear, ChannelAffine)
+    for j, stage in enumerate(snn.spiking_stages):
+        if stage.gate is not None:
+            continue
+        seen: list[tuple[nn.Module, tuple[int, ...]]] = []
+        hooks = [
+            m.register_forward_pre_hook(lambda module, args, seen=seen: seen.append((module, tuple(args[0].shape))))
+            for m in stage.synapse.modules()
+            if isinstance(m, weighted)
+        ]
+        try:
+            with torch.no_grad():
+                stage.synapse(*(example if s < 0 else torch.zeros(1, *shapes[s], dtype=snn.dtype) for s in stage.source_indices(j)))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        layers[stage.name] = sum(_connections(module, shape) for module, shape in seen)
+    return {"layers": layers, "total": sum(layers.values())}
+
+
+def _connections(module: nn.Module, shape: tuple[int, ...]) -> float:
+    """Connections of one layer through non-zero weights, for an input of ``shape``."""
+    with torch.inference_mode(False), torch.enable_grad():
+        ones = torch.ones(shape, dtype=torch.float64, requires_grad=True)
+        _counting(module).cpu()(ones).sum().backward()
+        assert ones.grad is not None
+        return float(ones.grad.sum())

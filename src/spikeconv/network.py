@@ -67,6 +67,7 @@ class ConversionInfo:
     v_min: float | None
     spiking_pool: bool
     initial_potential: float | str = 0.0  # fraction of the threshold, or "auto" (per activation)
+    calibration: dict[str, Any] | None = None  # SNN Calibration's record (spikeconv.calibration)
 
 
 class SpikingNetwork(nn.Module):
@@ -192,6 +193,8 @@ class SpikingNetwork(nn.Module):
         if self.info is not None:
             summary["mapping"] = self.info.mapping.to_dict()
             summary["calibration_images"] = self.info.stats.images
+            if self.info.calibration is not None:
+                summary["snn_calibration"] = self.info.calibration
         return summary
 
 

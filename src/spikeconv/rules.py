@@ -42,8 +42,8 @@ from .graph import ConversionError, Stage, TracedNetwork
 from .inputs import is_number
 
 __all__ = [
-    "LayerMapping", "Mapping", "RULES", "maxnorm", "robust", "channelwise", "nscaling", "map_scales", "membrane_bits",
-    "smallest_unsaturated_n",
+    "LayerMapping", "Mapping", "RULES", "maxnorm", "robust", "channelwise", "nscaling", "clip_floor_mse", "map_scales",
+    "membrane_bits", "smallest_unsaturated_n",
 ]  # fmt: skip
 
 ScaleValue = float | Tensor  # one scale per layer, or [C] per output channel
@@ -195,6 +195,34 @@ def smallest_unsaturated_n(
     return 1.0
 
 
+def clip_floor_mse(
+    traced: TracedNetwork, stats: ActivationStats, T: int = 32, shift: float = 0.5, candidates: int = 200
+) -> list[ScaleValue]:
+    """SNN Calibration's threshold (Li et al. 2021, Sec. 4.1): lambda_l minimizes the mean
+    squared error between layer l's activations and the clip-floor function its IF neurons
+    compute in ``T`` steps, ``s/T * clamp(floor(a T / s + shift), 0, T)`` (``shift``: the
+    initial membrane potential as a fraction of the threshold; 0.5 rounds instead of
+    flooring). Searched over ``candidates`` evenly spaced fractions of the layer's
+    maximum, so the result is the best clip for that T: a small T prefers a lower clip
+    (finer steps for the many small activations), a large T the maximum."""
+    if not isinstance(T, int) or isinstance(T, bool) or T <= 0:
+        raise ValueError(f"T (the time steps the thresholds are made for) must be a positive integer, got {T!r}")
+    if not is_number(shift) or not 0 <= shift < 1:
+        raise ValueError(f"shift (initial potential, fraction of the threshold) must be in [0, 1), got {shift!r}")
+    if not isinstance(candidates, int) or candidates < 1:
+        raise ValueError(f"candidates must be a positive integer, got {candidates!r}")
+
+    def best(layer: LayerStats) -> float:
+        fractions = torch.arange(1, candidates + 1, dtype=torch.float64) / candidates
+        scales = fractions * layer.max
+        return float(scales[int(torch.argmin(layer.clip_floor_error(scales, T, shift)))])
+
+    raw: list[ScaleValue] = []
+    for stage, layer in zip(traced.stages, stats.layers, strict=True):
+        raw.append(0.0 if stage.inherits_scale else _own_scale(stage, layer, best))
+    return _inherit(traced, raw)
+
+
 def _own_scale(stage: Stage, layer: LayerStats, scale: Callable[[LayerStats], float]) -> float:
     """A stage's scale from its statistics, or its activation's clip value (which needs none)."""
     return stage.clip if stage.clip is not None else _require_active(layer, scale(layer))
@@ -283,15 +311,19 @@ RULES: dict[str, RuleSpec] = {
     "nscaling": RuleSpec(
         scales=nscaling, mode="weights", options=("n", "ceil_first"), doc="Yang 2020 n-scaling, threshold 1"
     ),
+    "mse": RuleSpec(
+        scales=clip_floor_mse, mode="weights", options=("T", "shift"),
+        doc="clip-floor MSE thresholds for T steps (SNN Calibration, Li 2021)",
+    ),
     "threshold": RuleSpec(
         scales=lambda traced, stats, base="maxnorm", **opts: _base_scales(base, traced, stats, opts),
         mode="thresholds",
-        options=("base", "n", "ceil_first", "p"),
+        options=("base", "n", "ceil_first", "p", "T", "shift"),
         doc="threshold balancing: weights unchanged, thresholds = the scale factors of `base`",
     ),
 }
 
-BASES = ("maxnorm", "nscaling", "robust", "channelwise")
+BASES = ("maxnorm", "nscaling", "robust", "channelwise", "mse")
 
 
 def _base_scales(base: str, traced: TracedNetwork, stats: ActivationStats, options: dict[str, Any]) -> list[ScaleValue]:

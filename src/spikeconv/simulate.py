@@ -81,6 +81,11 @@ class SimulationResult:
     fixed_point: dict[str, Any] | None = None  # the number format, when simulated in fixed point
     spike_counts: dict[str, Tensor] | None = field(default=None, repr=False)  # per neuron [N, ...]
     spike_trains: dict[str, Tensor] | None = field(default=None, repr=False)  # [T, N, ...]
+    # with record_synops: synaptic operations (spikes x fan-out, spikeconv.metrics.synaptic_fanouts),
+    # counted at the receiving layer, all images and steps; per image; per step over all images
+    synops_per_layer: dict[str, float] | None = None
+    synops_per_image: Tensor | None = field(default=None, repr=False)  # [N]
+    synops_per_step: Tensor | None = field(default=None, repr=False)  # [T]
 
     @property
     def num_images(self) -> int:
@@ -133,6 +138,26 @@ class SimulationResult:
         return steps_to_reach(self.accuracy_curve(), target)
 
     @property
+    def synops_total(self) -> float:
+        """All synaptic operations of the run (all images and steps); needs ``record_synops``."""
+        if self.synops_per_step is None:
+            raise ValueError("this simulation did not count synaptic operations: pass record_synops=True")
+        return float(self.synops_per_step.sum())
+
+    def cost_to_reach(self, target: float) -> dict[str, float | int] | None:
+        """What reaching ``target`` percent accuracy costs, per image: the first step t at
+        which the accuracy is >= target, the spikes of all layers up to t (energy in units of
+        one spike's, Ding et al. 2021 Sec. 3.4 after Cao et al. 2015: E = alpha x spikes) and,
+        when recorded, the synaptic operations up to t. ``None`` if it is never reached."""
+        t = self.steps_to_reach(target)
+        if t is None:
+            return None
+        cost: dict[str, float | int] = {"step": t, "spikes_per_image": float(self.spikes_per_step[:t].sum()) / self.num_images}
+        if self.synops_per_step is not None:
+            cost["synops_per_image"] = float(self.synops_per_step[:t].sum()) / self.num_images
+        return cost
+
+    @property
     def firing_rates(self) -> dict[str, float]:
         """Mean spikes per neuron per step of each layer."""
         return {
@@ -154,6 +179,9 @@ class SimulationResult:
         }
         if self.fixed_point is not None:
             out["fixed_point"] = self.fixed_point
+        if self.synops_per_layer is not None:
+            out["synops_per_image"] = self.synops_total / self.num_images
+            out["synops_per_layer_per_image"] = {k: v / self.num_images for k, v in self.synops_per_layer.items()}
         accuracy = self.accuracy
         if accuracy is not None:
             out["final_accuracy"] = float(accuracy[-1])
@@ -181,6 +209,7 @@ def simulate(
     fixed_point_bits: int | None = None,
     integer_bits: int | None = None,
     event_driven: bool = True,
+    record_synops: bool = False,
 ) -> SimulationResult:
     """Simulate ``snn`` on ``data`` for ``T`` steps.
 
@@ -202,7 +231,12 @@ def simulate(
     ``event_driven``: let the fast path compute convolutions and linear layers over sparse
     spikes event by event where that gives exactly the dense sums (weights on a power-of-two
     grid, as in fixed point; see :mod:`spikeconv.events`). The results are the same either
-    way."""
+    way.
+
+    ``record_synops``: count synaptic operations, each spike (and each non-zero analog input
+    value per step) times its fan-out (:func:`spikeconv.metrics.synaptic_fanouts`), per
+    receiving layer, per image and per step; compare with
+    :func:`spikeconv.metrics.ann_operations`."""
     if not is_integer(T) or T <= 0:
         raise ValueError(f"T (number of time steps) must be a positive integer, got {T!r}")
     for name, value, low in (("batch_size", batch_size, 1), ("memory_bytes", memory_bytes, 1), ("seed", seed, 0)):
@@ -226,6 +260,13 @@ def simulate(
         fixed = _fixed_point(snn, fixed_point_bits, integer_bits)
         snn, zero_weights = quantize_network(snn, fixed)  # type: ignore[assignment]
     device = next(snn.parameters()).device if any(True for _ in snn.parameters()) else torch.device("cpu")
+    fanouts = None
+    if record_synops:
+        from .metrics import synaptic_fanouts
+
+        fanouts = {
+            s: [(j, f.to(device=device, dtype=snn.dtype)) for j, f in pairs] for s, pairs in synaptic_fanouts(snn).items()
+        }
     generator = torch.Generator(device=device).manual_seed(seed)
     softmax_generator = torch.Generator(device=device).manual_seed(seed + _SOFTMAX_SEED_OFFSET)
     stages = snn.spiking_stages
@@ -259,10 +300,13 @@ def simulate(
                 if method == "fast":
                     chunk = _chunk_steps(T, len(xs), step_bytes, memory_bytes)
                     record = _run_fast(
-                        snn, xs, ys, T, coding, generators, chunk, fixed, record_counts, record_trains, events=events
-                    )
+                        snn, xs, ys, T, coding, generators, chunk, fixed, record_counts, record_trains, events=events,
+                        fanouts=fanouts,
+                    )  # fmt: skip
                 else:
-                    record = _run_reference(snn, xs, ys, T, coding, generators, fixed, record_counts, record_trains)
+                    record = _run_reference(
+                        snn, xs, ys, T, coding, generators, fixed, record_counts, record_trains, fanouts=fanouts
+                    )  # fmt: skip
                 records.append(record)
                 if ys is not None:
                     labels.append(ys.cpu())
@@ -290,7 +334,15 @@ def simulate(
         fixed_point=None if fixed is None else fixed.to_dict() | {"zero_weight_fraction": zero_weights},
         spike_counts={n: cat([r.counts[i] for r in records]) for i, n in enumerate(names)} if record_counts else None,
         spike_trains={n: cat([r.trains[i] for r in records], 1) for i, n in enumerate(names)} if record_trains else None,
+        synops_per_layer=_synops_per_layer(records, stages) if record_synops else None,
+        synops_per_image=cat([r.synops.sum(0) for r in records]) if record_synops else None,  # type: ignore[union-attr]
+        synops_per_step=torch.stack([r.synops_steps for r in records]).sum(0) if record_synops else None,  # type: ignore[misc]
     )
+
+
+def _synops_per_layer(records: list[_BatchRecord], stages: list[SpikingStage]) -> dict[str, float]:
+    totals = torch.stack([r.synops.sum(1) for r in records if r.synops is not None]).sum(0)
+    return {s.name: float(totals[j]) for j, s in enumerate(stages) if s.gate is None}
 
 
 class _DataChecks:
@@ -408,6 +460,8 @@ class _BatchRecord:
     step_spikes: Tensor  # [T] all layers, summed over the batch
     counts: list[Tensor]  # per layer [B, ...] when recorded
     trains: list[Tensor]  # per layer [T, B, ...] when recorded
+    synops: Tensor | None = None  # [layers, B] synaptic operations received, when recorded
+    synops_steps: Tensor | None = None  # [T] all layers, summed over the batch
 
 
 class _Readout:
@@ -467,6 +521,7 @@ def _run_fast(
     record_trains: bool,
     use_kernel: bool = True,
     events: dict[int, EventSynapse] | None = None,
+    fanouts: _Fanouts | None = None,
 ) -> _BatchRecord:
     """The time-batched simulation of one batch. ``events``: the stages whose synapse may run
     event-driven (:mod:`spikeconv.events`), chosen per chunk by their input's spike rate."""
@@ -475,9 +530,11 @@ def _run_fast(
     event_sources = {stage.source_indices(j)[0] for j, stage in enumerate(stages) if j in events}
     batch = len(x)
     state: list[Tensor | None] = [None] * len(stages)
-    acc = _Accumulator(len(stages), batch, T, x.device, record_counts, record_trains)
+    acc = _Accumulator(len(stages), batch, T, x.device, record_counts, record_trains, fanouts)
     readout = _Readout(snn, y, T, x.device)
     constant = coding == "constant"
+    if constant:
+        acc.add_constant_input(x)
     layout = [_conv_layout(s, x) for s in stages]
     constant_current = {  # stages reading only the analog input: their current is the same every step
         i: _dense(layout[i](s.synapse(*([layout[i](x)] * len(s.sources or (-1,))))))
@@ -494,7 +551,7 @@ def _run_fast(
         steps = min(chunk, T - start)
         layer_input = encode(x, coding, start, start + steps, generators[0])
         if not constant:
-            acc.add_input(layer_input)
+            acc.add_input(layer_input, start)
         outputs: list[Tensor] = []
         totals: dict[int, float] = {}  # spikes in this chunk of the stages that event synapses read
         for index, stage in enumerate(stages):
@@ -573,15 +630,18 @@ def _run_reference(
     fixed: FixedPoint | None,
     record_counts: bool,
     record_trains: bool,
+    fanouts: _Fanouts | None = None,
 ) -> _BatchRecord:
     stages = snn.spiking_stages
     state: list[Tensor | None] = [None] * len(stages)
-    acc = _Accumulator(len(stages), len(x), T, x.device, record_counts, record_trains)
+    acc = _Accumulator(len(stages), len(x), T, x.device, record_counts, record_trains, fanouts)
     readout = _Readout(snn, y, T, x.device)
+    if coding == "constant":
+        acc.add_constant_input(x)
     for t in range(T):
         layer_input = encode(x, coding, t, t + 1, generators[0])
         if coding != "constant":
-            acc.add_input(layer_input)
+            acc.add_input(layer_input, t)
         outputs: list[Tensor] = []
         for index, stage in enumerate(stages):
             inputs = [layer_input if s < 0 else outputs[s] for s in stage.source_indices(index)]
@@ -600,10 +660,21 @@ def _run_reference(
     return acc.finish(readout)
 
 
-class _Accumulator:
-    """Spike totals per layer and image (and, when asked, per neuron and per step)."""
+_Fanouts = dict[int, list[tuple[int, Tensor]]]  # source -> (consumer, fan-out), metrics.synaptic_fanouts
 
-    def __init__(self, layers: int, batch: int, T: int, device: torch.device, counts: bool, trains: bool) -> None:
+
+class _Accumulator:
+    """Spike totals per layer and image (and, when asked, per neuron and per step, and the
+    synaptic operations they cause)."""
+
+    def __init__(
+        self, layers: int, batch: int, T: int, device: torch.device, counts: bool, trains: bool,
+        fanouts: _Fanouts | None = None,
+    ) -> None:  # fmt: skip
+        self.T = T
+        self.fanouts = fanouts
+        self.synops = torch.zeros(layers, batch, dtype=torch.float64, device=device) if fanouts is not None else None
+        self.synops_steps = torch.zeros(T, dtype=torch.float64, device=device) if fanouts is not None else None
         self.layer_spikes = [torch.zeros(batch, dtype=torch.float64, device=device) for _ in range(layers)]
         self.step_spikes = torch.zeros(T, dtype=torch.float64, device=device)
         self.input_spikes = torch.zeros(batch, dtype=torch.float64, device=device)
@@ -614,14 +685,33 @@ class _Accumulator:
         self._pending_first = [0] * layers
         self._pending_elements = [0] * layers
 
-    def add_input(self, spikes: Tensor) -> None:
+    def add_input(self, spikes: Tensor, start: int) -> None:
         self.input_spikes += spikes.flatten(2).sum((0, 2), dtype=torch.float64)
+        self._add_synops(-1, spikes, start)
+
+    def add_constant_input(self, x: Tensor) -> None:
+        """The analog input: every non-zero value drives its synapses at every step."""
+        if self.fanouts is None or self.synops is None or self.synops_steps is None:
+            return
+        for j, fanout in self.fanouts.get(-1, []):
+            per_image = ((x != 0).to(fanout.dtype) * fanout).flatten(1).sum(1, dtype=torch.float64)
+            self.synops[j] += self.T * per_image
+            self.synops_steps += per_image.sum()
+
+    def _add_synops(self, source: int, spikes: Tensor, start: int) -> None:
+        if self.fanouts is None or self.synops is None or self.synops_steps is None:
+            return
+        for j, fanout in self.fanouts.get(source, []):
+            ops = (spikes * fanout).flatten(2).sum(2, dtype=torch.float64)  # [steps, B]
+            self.synops[j] += ops.sum(0)
+            self.synops_steps[start : start + len(ops)] += ops.sum(1)
 
     def add_layer(self, index: int, spikes: Tensor, start: int, counts: Tensor | None = None) -> None:
         """``spikes`` ``[steps, B, ...]`` of layer ``index`` for steps ``start+1 ..``;
         ``counts`` ``[steps, B]``: their sums per step and image when already known."""
         if counts is None:
             counts = spikes.flatten(2).sum(2, dtype=torch.float64)
+        self._add_synops(index, spikes, start)
         if not self._pending[index]:
             self._pending_first[index] = start
         self._pending[index].append(counts)
@@ -658,6 +748,8 @@ class _Accumulator:
             step_spikes=self.step_spikes.cpu(),
             counts=[c.cpu() for c in self.counts if c is not None],
             trains=[torch.cat(chunks).cpu() for chunks in self.trains],
+            synops=None if self.synops is None else self.synops.cpu(),
+            synops_steps=None if self.synops_steps is None else self.synops_steps.cpu(),
         )
 
 

@@ -7,6 +7,7 @@ it was and ends with the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .activations import (
+    RateNorm,
     make_activation,
     rate_inference_loss,
     rate_norm_outputs,
@@ -49,7 +51,13 @@ class TrainOptions:
     theta: float | None = None  # threshold / qcfs: the clip value (default 1 / 8)
     trainable_theta: bool = False  # threshold: learn theta
     shift: int | None = None  # threshold: train with the shift theta / (2 T), T = shift
-    ril: float = 0.0  # ratenorm: weight lambda of Ding's Rate Inference Loss (mean Omega over layers)
+    # ratenorm: weight lambda of Ding's Rate Inference Loss (mean Omega over layers), added to the
+    # task loss (eq. 9), or with stage 2 to stage 2's loss only (eq. 13)
+    ril: float = 0.0
+    # ratenorm: epochs of Ding's stage 2 (Algorithm 1) after the `epochs` of stage 1; with
+    # stage 2, stage 1 trains the weights with p = 1 and stage 2 only a p shared by all layers
+    stage2_epochs: int = 0
+    stage2_lr: float = 1e-2  # Adam on the shared p' (p = sigmoid(p')), cosine-annealed to 0
 
     def __post_init__(self) -> None:
         if self.epochs <= 0 or self.batch_size <= 0 or self.lr <= 0:
@@ -59,8 +67,16 @@ class TrainOptions:
         self.activation_factory()  # refuses unknown activations and options that do not belong
         if self.ril < 0 or (self.ril > 0 and self.activation != "ratenorm"):
             raise ValueError(f"ril (Rate Inference Loss weight) must be >= 0 and needs activation 'ratenorm', got {self.ril}")
+        if self.stage2_epochs < 0 or (self.stage2_epochs > 0 and self.activation != "ratenorm"):
+            raise ValueError(
+                f"stage2_epochs (Ding's threshold training) must be >= 0 and needs activation 'ratenorm', got {self.stage2_epochs}"
+            )
+        if self.stage2_lr <= 0:
+            raise ValueError(f"stage2_lr must be positive, got {self.stage2_lr}")
 
     def activation_factory(self) -> Callable[[], nn.Module] | None:
+        if self.activation == "ratenorm" and self.stage2_epochs > 0:
+            return lambda: RateNorm(trainable_p=False)  # Algorithm 1, stage 1: p = 1
         return make_activation(
             self.activation, levels=self.levels, theta=self.theta, trainable_theta=self.trainable_theta,
             shift_steps=self.shift,
@@ -121,6 +137,7 @@ def train(
     history: list[dict[str, float]] = []
     start_epoch = 0
     data = fingerprint([train_set.images, train_set.labels])
+    stage2: _Stage2 | None = None
     if checkpoint.exists():
         state = load_torch(checkpoint, "checkpoint")
         # Checkpoints written before an option existed hold its default.
@@ -136,22 +153,34 @@ def train(
                 "images): pass another --out or delete it to start afresh"
             )
         model.load_state_dict(state["state_dict"])
+        start_epoch = state["epoch"]
+        if start_epoch > options.epochs:  # stopped in stage 2: its optimizer was saved
+            stage2 = _Stage2(model, options, steps_per_epoch, resume=True)
+            optimizer, scheduler = stage2.optimizer, stage2.scheduler
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
         history = state["history"]
-        start_epoch = state["epoch"]
     loss_fn = nn.CrossEntropyLoss()
     record: dict[str, Any] = {}
-    for epoch in range(start_epoch, options.epochs):
-        model.train()
+    total_epochs = options.epochs + options.stage2_epochs
+    stage1_ril = options.ril if options.stage2_epochs == 0 else 0.0  # Algorithm 1: stage 1 is task loss only
+    for epoch in range(start_epoch, total_epochs):
+        if epoch >= options.epochs and stage2 is None:
+            stage2 = _Stage2(model, options, steps_per_epoch, resume=False)
+            optimizer, scheduler = stage2.optimizer, stage2.scheduler
+        if stage2 is None:
+            model.train()
+        else:
+            stage2.train_mode()
         total_loss, seen = 0.0, 0
         batches = train_set.batches(options.batch_size, shuffle=True, generator=generator)
-        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{options.epochs}", disable=not progress)
+        desc = f"epoch {epoch + 1}/{total_epochs}" + ("" if stage2 is None else " (stage 2: p)")
+        bar = tqdm(batches, total=steps_per_epoch, desc=desc, disable=not progress)
         for x, y in bar:
             x = augment(x, options, generator)
             optimizer.zero_grad(set_to_none=True)
-            loss = _loss(loss_fn, model, x, y, options.ril)
+            loss = _loss(loss_fn, model, x, y, stage1_ril) if stage2 is None else stage2.loss(x)
             loss.backward()
             optimizer.step()
             scheduler.step()
@@ -159,6 +188,8 @@ def train(
             seen += len(y)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}")
         entry = {"epoch": epoch + 1, "train_loss": total_loss / seen}
+        if stage2 is not None:
+            entry["p"] = float(stage2.p)
         if test_set is not None:
             entry["test_accuracy"] = evaluate_ann(model, test_set)
         history.append(entry)
@@ -173,6 +204,8 @@ def train(
             epoch=epoch + 1,
         )
         save_torch(checkpoint, record)
+    if stage2 is not None:
+        stage2.p_logit.requires_grad_(False)
     if not record:  # already complete on entry
         record = load_torch(checkpoint, "checkpoint")
     model.eval()
@@ -193,6 +226,59 @@ def _loss(loss_fn: nn.Module, model: nn.Module, x: torch.Tensor, y: torch.Tensor
     if ril > 0 and rates:
         loss = loss + ril * torch.stack([rate_inference_loss(r).mean() for r in rates]).mean()
     return loss
+
+
+class _Stage2:
+    """Ding et al.'s stage 2 (Algorithm 1, lines 16-35; Appendix B): the weights frozen, one
+    p = sigmoid(p') shared by every Rate Norm Layer is trained to minimize
+    ``1 - cos(r*_L, r'_L) + lambda * mean_l Omega_l`` (eq. 13), where r*_L is the output of
+    the network with p = 1 (stage 1's) and r'_L with the trained p, on the same batch. The
+    running maxima keep updating in both passes, as in the algorithm; BatchNorm stays in
+    inference form. p starts at 0.99 (at p = 1, i.e. p' = +inf, the sigmoid's gradient
+    vanishes)."""
+
+    START_P = 0.99
+
+    def __init__(self, model: nn.Module, options: TrainOptions, steps_per_epoch: int, *, resume: bool) -> None:
+        self.model = model
+        self.ril = options.ril
+        self.layers = [m for m in model.modules() if isinstance(m, RateNorm)]
+        if not self.layers:
+            raise ValueError("stage 2 trains the p of Rate Norm Layers, and the model has none")
+        for param in model.parameters():
+            param.requires_grad_(False)
+        start = float(self.layers[0].p_logit) if resume else math.log(self.START_P / (1 - self.START_P))
+        self.p_logit = nn.Parameter(torch.tensor(start))
+        for layer in self.layers:  # one parameter, registered in every layer (same state_dict keys)
+            layer._buffers.pop("p_logit", None)
+            layer._parameters.pop("p_logit", None)
+            layer.p_logit = self.p_logit
+        self.optimizer = torch.optim.Adam([self.p_logit], lr=options.stage2_lr)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=options.stage2_epochs * steps_per_epoch
+        )
+
+    @property
+    def p(self) -> float:
+        return float(torch.sigmoid(self.p_logit.detach()))
+
+    def train_mode(self) -> None:
+        self.model.eval()
+        for layer in self.layers:
+            layer.train()
+
+    def loss(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            trained = self.p_logit.detach().clone()
+            self.p_logit.fill_(20.0)  # p = 1 (sigmoid(20) = 1 - 2e-9)
+            reference = self.model(x)
+            self.p_logit.copy_(trained)
+        with rate_norm_outputs(self.model) as rates:
+            out = self.model(x)
+        loss = 1 - nn.functional.cosine_similarity(out.flatten(1), reference.flatten(1), dim=1).mean()
+        if self.ril > 0:
+            loss = loss + self.ril * torch.stack([rate_inference_loss(r).mean() for r in rates]).mean()
+        return loss
 
 
 def augment(x: Tensor, options: TrainOptions, generator: torch.Generator) -> Tensor:

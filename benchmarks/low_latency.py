@@ -1,0 +1,369 @@
+"""Low-latency conversion on real datasets (issue 16): each net trained with ReLU, threshold
+ReLU (with and without the shift), QCFS (L = 4 and 8) and Ding's Rate Norm Layer (+ Rate
+Inference Loss, two stages), converted, and simulated on the whole test set to T = 256
+(analog input, reset by subtraction); the plain ReLU net also converted with max-norm,
+robust 99.9, clip-floor MSE thresholds, and SNN Calibration light / advanced (Li et al.
+2021). Accuracy at T = 1 ... 256, spikes, synaptic operations against the ANN's
+multiply-adds, and the steps, spikes and operations to reach the ANN within 1 pt.
+
+    python benchmarks/low_latency.py --net ding-mnist --data-root ../shared/datasets
+    python benchmarks/low_latency.py --net yang-mnist --data-root ../shared/datasets
+    python benchmarks/low_latency.py --net vgg-cifar --data-root ../shared/datasets   # hours
+    python benchmarks/low_latency.py --report          # tables and plots from what is done
+
+Resumable at every level: training checkpoints in benchmarks/runs/low_latency/ (each
+epoch), and each conversion's result written atomically into
+benchmarks/results/low_latency_<net>.json as soon as it is done; a rerun skips what is
+there (``--force`` redoes the conversions, not the training). Accuracy numbers do not
+depend on the machine's load, so these may run beside other work; the wall times printed
+do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import spikeconv
+from spikeconv.calibration import calibrate_snn
+from spikeconv.data import ImageDataset, load_dataset
+from spikeconv.io import write_json, write_text
+from spikeconv.metrics import ann_operations, fit_curve
+from spikeconv.plotting import plot_accuracy, plot_fit_curves
+from spikeconv.training import TrainOptions, evaluate_ann, train
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RUNS = HERE / "runs" / "low_latency"
+STEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+T_MAX = 256
+CALIBRATION_IMAGES = 1000  # SNN Calibration's ~1,000 training images (Li et al. 2021)
+CALIBRATION_T = 32  # the T the clip-floor thresholds and the calibration are made for
+STATS_IMAGES = 5000  # activation statistics of the rule-based conversions
+FIT_IMAGES = 32  # the K curves keep every spike of every layer for T = 256 steps
+
+
+@dataclass(frozen=True)
+class Net:
+    arch: str
+    dataset: str
+    epochs: int
+    lr: float = 1e-3
+    batch_size: int = 64
+    augment: dict[str, Any] = field(default_factory=dict)  # crop / pad / flip
+    note: str = ""
+
+
+NETS = {
+    "ding-mnist": Net("ding-mnist", "mnist", epochs=8, note="Ding et al.'s 7-layer CNN, 32C3-P2-32C3-P2-32C3-P2-FC32-FC10"),
+    "yang-mnist": Net("yang-mnist", "mnist", epochs=8, note="Yang et al.'s MNIST net, 12C5-AP2-64C5-AP2-FC10"),
+    "vgg-cifar": Net(
+        "vgg16-quarter", "cifar10", epochs=30, augment={"pad": 4, "flip": True},
+        note="VGG-16 layout at a quarter of the width (16-32-64-128-128 channels) with BatchNorm",
+    ),
+    "resnet20-cifar": Net(
+        "resnet20", "cifar10", epochs=30, augment={"pad": 4, "flip": True},
+        note="ResNet-20 (He et al. 2016, CIFAR layout: 3 x 3 basic blocks, 16-32-64 channels) with BatchNorm",
+    ),
+}
+
+# training variants: activation options of TrainOptions
+VARIANTS: dict[str, dict[str, Any]] = {
+    "relu": {},
+    "threshold": {"activation": "threshold", "theta": 2.0, "trainable_theta": True},
+    "threshold-shift": {"activation": "threshold", "theta": 2.0, "trainable_theta": True, "shift": 32},
+    "qcfs4": {"activation": "qcfs", "levels": 4},
+    "qcfs8": {"activation": "qcfs", "levels": 8},
+    "rnl": {"activation": "ratenorm", "ril": 0.5, "stage2_epochs": 2},
+}
+
+
+@dataclass(frozen=True)
+class Conversion:
+    label: str
+    variant: str
+    rule: str = "maxnorm"
+    options: dict[str, Any] = field(default_factory=dict)
+    initial_potential: float | str = "auto"
+    calibration: str | None = None  # SNN Calibration: light / advanced
+
+
+CONVERSIONS = [
+    Conversion("ReLU, max-norm", "relu"),
+    Conversion("ReLU, robust 99.9", "relu", "robust", {"p": 99.9}),
+    Conversion("ReLU, clip-floor MSE thresholds", "relu", "mse", {"T": CALIBRATION_T}, 0.5),
+    Conversion("ReLU, calibration light", "relu", "mse", {"T": CALIBRATION_T}, 0.5, "light"),
+    Conversion("ReLU, calibration advanced", "relu", "mse", {"T": CALIBRATION_T}, 0.5, "advanced"),
+    Conversion("threshold ReLU", "threshold"),
+    Conversion("threshold ReLU + shift (T = 32)", "threshold-shift"),
+    Conversion("QCFS L=4, V(0) = theta/2", "qcfs4"),
+    Conversion("QCFS L=4, V(0) = 0", "qcfs4", initial_potential=0.0),
+    Conversion("QCFS L=8, V(0) = theta/2", "qcfs8"),
+    Conversion("QCFS L=8, V(0) = 0", "qcfs8", initial_potential=0.0),
+    Conversion("RNL + RIL (two stages)", "rnl"),
+]
+
+
+def options_for(net: Net, variant: str) -> TrainOptions:
+    return TrainOptions(
+        epochs=net.epochs, batch_size=net.batch_size, lr=net.lr, seed=0, **net.augment, **VARIANTS[variant]
+    )
+
+
+def trained(net_name: str, variant: str, train_set: ImageDataset, test_set: ImageDataset) -> torch.nn.Module:
+    net = NETS[net_name]
+    RUNS.mkdir(parents=True, exist_ok=True)
+    checkpoint = RUNS / f"{net_name}-{variant}.pt"
+    started = time.perf_counter()
+    model, record = train(net.arch, train_set, test_set, options_for(net, variant), checkpoint, progress=False, log=True)
+    print(f"  {net_name} {variant}: ANN {record['history'][-1]['test_accuracy']:.2f} % ({time.perf_counter() - started:.0f} s)")
+    return model
+
+
+def run(net_name: str, data_root: str | None, force: bool, test_size: int | None) -> None:
+    net = NETS[net_name]
+    torch.manual_seed(0)
+    train_set = load_dataset(net.dataset, "train", data_root)
+    test_set = load_dataset(net.dataset, "test", data_root).subset(test_size)
+    results_path = HERE / "results" / f"low_latency_{net_name}{'_quick' if test_size else ''}.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results.update(
+        net=net_name, arch=net.arch, note=net.note, dataset=net.dataset, test_images=len(test_set),
+        train_options={v: asdict(options_for(net, v)) for v in VARIANTS},
+        settings={"T": T_MAX, "coding": "constant", "reset": "subtract", "calibration_images": CALIBRATION_IMAGES,
+                  "calibration_T": CALIBRATION_T, "statistics_images": STATS_IMAGES},
+        threads=torch.get_num_threads(), torch=torch.__version__, python=platform.python_version(),
+        date=str(datetime.date.today()),
+    )  # fmt: skip
+    results.setdefault("conversions", {})
+    results.setdefault("ann", {})
+    models = {}
+    for variant in VARIANTS:
+        models[variant] = trained(net_name, variant, train_set, test_set)
+        results["ann"][variant] = evaluate_ann(models[variant], test_set)
+    write_json(results_path, results)
+    calibration_images = train_set.subset(STATS_IMAGES, seed=1).tensors()[0]
+    for conversion in CONVERSIONS:
+        if conversion.label in results["conversions"] and not force:
+            continue
+        started = time.perf_counter()
+        model = models[conversion.variant]
+        snn = spikeconv.convert(
+            model, calibration_images, rule=conversion.rule, initial_potential=conversion.initial_potential,
+            **conversion.options,
+        )  # fmt: skip
+        if conversion.calibration is not None:
+            snn = calibrate_snn(
+                snn, calibration_images[:CALIBRATION_IMAGES], T=CALIBRATION_T, mode=conversion.calibration
+            )  # fmt: skip
+        result = spikeconv.simulate(snn, test_set, T=T_MAX, batch_size=200, record_synops=True)
+        ann = results["ann"][conversion.variant]
+        entry = {
+            "variant": conversion.variant,
+            "rule": conversion.rule,
+            "rule_options": conversion.options,
+            "initial_potential": conversion.initial_potential,
+            "calibration": conversion.calibration,
+            "ann_accuracy": ann,
+            "accuracy": {str(t): result.accuracy_at(t) for t in STEPS},
+            "accuracy_curve": [round(float(a), 4) for a in result.accuracy_curve],
+            "spikes_per_image": float(result.spikes_per_image.mean()),
+            "synops_per_image": result.synops_total / result.num_images,
+            "ann_macs_per_image": ann_operations(snn)["total"],
+            "synops_per_layer": {k: v / result.num_images for k, v in result.synops_per_layer.items()},
+            "ann_macs_per_layer": ann_operations(snn)["layers"],
+            "to_ann_minus_1pt": result.cost_to_reach(ann - 1.0),
+            "wall_time_s": time.perf_counter() - started,
+        }
+        results["conversions"][conversion.label] = entry
+        write_json(results_path, results)
+        acc = entry["accuracy"]
+        print(
+            f"  {conversion.label:34s} ANN {ann:6.2f}  T=4 {acc['4']:6.2f}  T=8 {acc['8']:6.2f}  T=32 {acc['32']:6.2f}  "
+            f"T=256 {acc['256']:6.2f}  ({entry['wall_time_s']:.0f} s)"
+        )
+    if "fit_curves" not in results or force:
+        # Ding eq. 7 per layer, for the max-norm ReLU net, the RNL+RIL net and QCFS L=8
+        images = test_set.tensors()[0][:FIT_IMAGES]
+        curves = {}
+        for label, variant in (("ReLU, max-norm", "relu"), ("RNL + RIL (two stages)", "rnl"), ("QCFS L=8", "qcfs8")):
+            snn = spikeconv.convert(models[variant], calibration_images, rule="maxnorm")
+            curves[label] = {k: [float(v) for v in c] for k, c in fit_curve(snn, images, T=T_MAX).items()}
+        results["fit_curves"] = curves
+        write_json(results_path, results)
+    report(results_path)
+
+
+PAPERS: dict[str, list[str]] = {
+    "ding-mnist": [
+        "Ding et al. 2021 Table 1, MNIST, 7-layer CNN with RNL: SNN 96.51 %, conversion loss 0.00 pt "
+        "(its T is not given; their ANN is not ours).",
+    ],
+    "yang-mnist": [
+        "Yang et al. 2020 (reset to zero, Poisson input, n-scaling): ANN 99.11 %, SNN 99.09 % at T = 100 "
+        "(benchmarks/mnist_yang.py reproduces that setting; this table uses analog input and reset by subtraction).",
+    ],
+    "vgg-cifar": [
+        "Ding et al. 2021 Table 2, VGG-16, CIFAR-10, T = 16 / 32 / 64 / 128 / 256: max-norm 10.07 / 10.00 / 12.17 / "
+        "50.37 / 81.85 %; robust 10.11 / 43.03 / 81.52 / 90.80 / 92.75 %; RNL+RIL 57.90 / 85.40 / 91.15 / 92.51 / "
+        "92.95 %.",
+        "Bu et al. 2022 (QCFS), VGG-16, CIFAR-10, ANN 95.52 %: SNN 93.96 / 94.95 / 95.40 % at T = 4 / 8 / 16.",
+        "Li et al. 2021 (SNN Calibration README), VGG-16, CIFAR-10, T = 16: none 64.52 %, light 93.30 %, "
+        "advanced 93.65 %.",
+    ],
+    "resnet20-cifar": [
+        "Bu et al. 2022 (QCFS), ResNet-20, CIFAR-10, ANN 91.77 %: SNN 83.75 / 89.55 / 91.62 % at T = 4 / 8 / 16.",
+    ],
+}
+FIT_NETS = ("ReLU, max-norm", "RNL + RIL (two stages)", "QCFS L=8")
+
+
+def targets(net: str, conversions: dict[str, Any]) -> list[str]:
+    """Issue 16's targets, each checked on the results: met or missed, and by how much."""
+
+    def gap(label: str, t: int) -> float | None:
+        entry = conversions.get(label)
+        return None if entry is None else entry["ann_accuracy"] - entry["accuracy"][str(t)]
+
+    def check(label: str, t: int, bound: float) -> str:
+        value = gap(label, t)
+        if value is None:
+            return f"{label}: not run"
+        verdict = "met" if value <= bound + 1e-9 else f"missed by {value - bound:.2f} pt"
+        return f"{label} within {bound} pt of its ANN at T = {t}: {value:+.2f} pt below, {verdict}"
+
+    lines = []
+    qcfs = ("QCFS L=4, V(0) = theta/2", "QCFS L=8, V(0) = theta/2")
+    if net.endswith("mnist"):
+        lines += [check(label, 8, 0.1) for label in qcfs]
+    else:
+        lines += [check(label, t, bound) for label in qcfs for t, bound in ((8, 1.0), (32, 0.3))]
+    lines.append(check("ReLU, calibration advanced", 32, 2.0))
+    rnl, maxnorm = conversions.get("RNL + RIL (two stages)"), conversions.get("ReLU, max-norm")
+    if rnl is not None and maxnorm is not None:
+        steps = [t for t in STEPS if t <= 64]
+        below = [t for t in steps if rnl["accuracy"][str(t)] <= maxnorm["accuracy"][str(t)]]
+        verdict = "met" if not below else f"missed at T = {', '.join(map(str, below))}"
+        lines.append(f"RNL+RIL above max-norm at every T <= 64: {verdict}")
+    return lines
+
+
+def report(results_path: Path) -> None:
+    """The markdown table and the plots of one net's results file."""
+    results = json.loads(results_path.read_text())
+    name = results_path.stem.removeprefix("low_latency_")
+    net = results["net"]
+    conversions = results.get("conversions", {})
+    if not conversions:
+        return
+    docs = ROOT / "docs" / "results"
+    quick = " --test-size N" if name.endswith("_quick") else ""
+    lines = [
+        f"# Low-latency conversion: {net} ({results['dataset']})",
+        "",
+        f"`python benchmarks/low_latency.py --net {net} --data-root ../shared/datasets{quick}` "
+        f"(run {results.get('date', '?')}, torch {results['torch']}, {results['threads']} threads).",
+        "",
+        f"{results['note']}. Trained {results['train_options']['relu']['epochs']} epochs (Adam, lr "
+        f"{results['train_options']['relu']['lr']}, cosine, batch {results['train_options']['relu']['batch_size']}, "
+        "seed 0) once per activation; RNL+RIL adds Ding's stage 2 (2 epochs, shared p, lambda 0.5). "
+        f"SNN: analog input, reset by subtraction, {results['test_images']} test images, accuracy after T steps "
+        f"of one run to T = {results['settings']['T']}. Rule-based conversions use "
+        f"{results['settings']['statistics_images']} training images for statistics; clip-floor MSE thresholds and "
+        f"SNN Calibration are made for T = {results['settings']['calibration_T']} on "
+        f"{results['settings']['calibration_images']} training images, with initial potential theta/2.",
+        "",
+        "| conversion | ANN | " + " | ".join(f"T={t}" for t in STEPS) + " | spikes/img (T=256) | synops / ANN MACs (T=256) |",
+        "|---|---:|" + "---:|" * len(STEPS) + "---:|---:|",
+    ]
+    for label, entry in conversions.items():
+        acc = entry["accuracy"]
+        ratio = entry["synops_per_image"] / entry["ann_macs_per_image"]
+        lines.append(
+            f"| {label} | {entry['ann_accuracy']:.2f} | " + " | ".join(f"{acc[str(t)]:.2f}" for t in STEPS)
+            + f" | {entry['spikes_per_image']:,.0f} | {ratio:.2f} |"
+        )
+    lines += [
+        "",
+        "To reach the ANN's accuracy minus 1 pt (first step t; spikes and synaptic operations per image up to t; "
+        "energy = alpha x spikes, Ding Sec. 3.4):",
+        "",
+        "| conversion | t | spikes/img | synops/img | synops / ANN MACs |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for label, entry in conversions.items():
+        cost = entry["to_ann_minus_1pt"]
+        if cost is None:
+            lines.append(f"| {label} | not reached by T = {results['settings']['T']} | | | |")
+        else:
+            lines.append(
+                f"| {label} | {cost['step']} | {cost['spikes_per_image']:,.0f} | {cost['synops_per_image']:,.0f} | "
+                f"{cost['synops_per_image'] / entry['ann_macs_per_image']:.2f} |"
+            )
+    first = next(iter(conversions.values()))
+    layer_names = list(first["ann_macs_per_layer"])
+    lines += [
+        "",
+        "Synaptic operations per image and layer at T = 256 (counted at the receiving layer) against the ANN's "
+        "multiply-adds:",
+        "",
+        "| layer | ANN MACs | " + " | ".join(label for label in conversions if label in FIT_NETS or "QCFS L=8, V(0) = theta/2" == label) + " |",
+        "|---|---:|" + "---:|" * len([label for label in conversions if label in FIT_NETS or label == "QCFS L=8, V(0) = theta/2"]),
+    ]
+    shown = [label for label in conversions if label in FIT_NETS or label == "QCFS L=8, V(0) = theta/2"]
+    for layer in layer_names:
+        cells = [f"{conversions[label]['synops_per_layer'].get(layer, 0):,.0f}" for label in shown]
+        lines.append(f"| {layer} | {first['ann_macs_per_layer'][layer]:,.0f} | " + " | ".join(cells) + " |")
+    lines += ["", "Issue 16's targets, each SNN against its own ANN on the same test images:", ""]
+    lines += [f"- {text}" for text in targets(net, conversions)]
+    lines += ["", "Papers (their networks, their ANNs; ours are smaller and trained briefly):", ""]
+    lines += [f"- {text}" for text in PAPERS.get(net, [])]
+    lines += ["", f"![accuracy over T](low_latency_{name}.png)"]
+    if "fit_curves" in results:
+        lines += [
+            "",
+            f"Ding's fit curve K(t) per layer (eq. 7, {FIT_IMAGES} test images): ![K curves](low_latency_{name}_fit.png)",
+        ]
+    write_text(docs / f"low_latency_{name}.md", "\n".join(lines) + "\n")
+    curves = {label: torch.tensor(entry["accuracy_curve"]) for label, entry in conversions.items()}
+    plot_accuracy(
+        curves, docs / f"low_latency_{name}.png", title=f"{net}: SNN accuracy after t steps", log_steps=True,
+        ann_accuracy=results["ann"]["relu"],
+    )  # fmt: skip
+    if "fit_curves" in results:
+        plot_fit_curves(results["fit_curves"], docs / f"low_latency_{name}_fit.png", title=f"{net}: K(t), Ding eq. 7")
+    print(f"wrote docs/results/low_latency_{name}.md")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--net", choices=list(NETS), help="which net to train, convert and simulate")
+    parser.add_argument("--data-root", default=None, help="folder with MNIST/ and cifar10-jpeg/")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (recorded)")
+    parser.add_argument("--test-size", type=int, default=None, help="a seeded test subset (a _quick run)")
+    parser.add_argument("--force", action="store_true", help="redo the conversions (training always resumes)")
+    parser.add_argument("--report", action="store_true", help="only write the tables and plots of finished runs")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.report:
+        for path in sorted((HERE / "results").glob("low_latency_*.json")):
+            if path.stem != "low_latency_digits":
+                report(path)
+        return
+    if args.net is None:
+        parser.error("--net is required (or --report)")
+    print(f"{datetime.date.today()}: {args.net}, {args.threads} threads, torch {torch.__version__}", file=sys.stderr)
+    run(args.net, args.data_root, args.force, args.test_size)
+
+
+if __name__ == "__main__":
+    main()
