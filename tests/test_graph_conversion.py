@@ -65,7 +65,7 @@ ZOO_CASES = {
     "vgg16": (lambda: vgg16(width=1 / 32), (3, 32, 32), 0.03),
     "vgg-small": (vgg_small, (3, 32, 32), 0.01),
     "preact-resnet18": (lambda: preact_resnet18(width=1 / 32), (3, 32, 32), 0.02),
-    "resnet20": (lambda: resnet20(width=0.25), (3, 32, 32), 0.03),
+    "resnet20": (lambda: resnet20(width=0.125), (3, 32, 32), 0.03),
 }
 
 
