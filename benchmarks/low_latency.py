@@ -175,7 +175,7 @@ def run(net_name: str, data_root: str | None, force: bool, test_size: int | None
             "calibration": conversion.calibration,
             "ann_accuracy": ann,
             "accuracy": {str(t): result.accuracy_at(t) for t in STEPS},
-            "accuracy_curve": [round(float(a), 4) for a in result.accuracy_curve],
+            "accuracy_curve": [round(float(a), 4) for a in result.accuracy_curve()],
             "spikes_per_image": float(result.spikes_per_image.mean()),
             "synops_per_image": result.synops_total / result.num_images,
             "ann_macs_per_image": ann_operations(snn)["total"],

@@ -42,6 +42,12 @@ def save_figure(fig: Any, path: str | Path) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
+def _TAB20(k: int) -> Any:  # noqa: N802 (a colour map, called like one)
+    import matplotlib
+
+    return matplotlib.colormaps["tab20"](k)
+
+
 def plot_accuracy(
     curves: Mapping[str, Tensor],
     path: str | Path,
@@ -55,9 +61,11 @@ def plot_accuracy(
     horizontal line; written atomically to ``path`` (format from its suffix).
     ``log_steps``: time steps on a log scale (for T = 1 ... 256)."""
     fig, ax = new_figure()
-    for label, accuracy in curves.items():
+    many = len(curves) > 10  # beyond the default cycle's 10 colours: 20 colours, alternating dashes
+    for k, (label, accuracy) in enumerate(curves.items()):
         steps = range(1, len(accuracy) + 1)
-        ax.plot(steps, accuracy.tolist(), label=label, linewidth=1.4)
+        style = {"color": _TAB20(k % 20), "linestyle": "-" if k % 2 == 0 else "--"} if many else {}
+        ax.plot(steps, accuracy.tolist(), label=label, linewidth=1.4, **style)
     if ann_accuracy is not None:
         ax.axhline(ann_accuracy, color="black", linestyle="--", linewidth=1.0, label=f"ANN ({ann_accuracy:.2f} %)")
     ax.set_xlabel("time step t")
