@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import Tensor
 
-__all__ = ["plot_accuracy", "plot_fit_curves", "new_figure", "save_figure"]
+__all__ = ["new_figure", "plot_accuracy", "plot_fit_curves", "save_figure"]
 
 
 def new_figure(panels: int = 1, width: float = 6.4) -> tuple[Any, Any]:
@@ -42,7 +42,7 @@ def save_figure(fig: Any, path: str | Path) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _TAB20(k: int) -> Any:  # noqa: N802 (a colour map, called like one)
+def _tab20(k: int) -> Any:
     import matplotlib
 
     return matplotlib.colormaps["tab20"](k)
@@ -64,7 +64,7 @@ def plot_accuracy(
     many = len(curves) > 10  # beyond the default cycle's 10 colours: 20 colours, alternating dashes
     for k, (label, accuracy) in enumerate(curves.items()):
         steps = range(1, len(accuracy) + 1)
-        style = {"color": _TAB20(k % 20), "linestyle": "-" if k % 2 == 0 else "--"} if many else {}
+        style = {"color": _tab20(k % 20), "linestyle": "-" if k % 2 == 0 else "--"} if many else {}
         ax.plot(steps, accuracy.tolist(), label=label, linewidth=1.4, **style)
     if ann_accuracy is not None:
         ax.axhline(ann_accuracy, color="black", linestyle="--", linewidth=1.0, label=f"ANN ({ann_accuracy:.2f} %)")
