@@ -1,7 +1,7 @@
 """Low-latency conversion on the bundled 8x8 digits: the digits net trained with ReLU,
 threshold ReLU and QCFS, converted and simulated at T = 1 ... 64 (analog input, reset by
-subtraction). A first, small measurement of issue 16 that runs in under a minute anywhere;
-the CIFAR-10 and MNIST tables of that issue are still to come.
+subtraction). A small measurement that runs in under a minute anywhere; the MNIST and
+CIFAR-10 tables are made by benchmarks/low_latency.py.
 
     python benchmarks/low_latency_digits.py
 
