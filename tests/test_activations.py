@@ -66,9 +66,13 @@ def test_qcfs_quantizes_with_floor_and_shift_and_its_gradient_goes_straight_thro
 def test_rate_norm_keeps_a_running_max_and_outputs_rates_in_0_1():
     act = RateNorm(p_init=0.5)
     assert float(act.p.detach()) == pytest.approx(0.5)
-    x = torch.tensor([[0.0, 3.0, 6.0]])
-    act.train()(x)
+    x = torch.tensor([[0.0, 3.0, 6.0]], requires_grad=True)
+    y = act.train()(x)
     assert float(act.running_max) == pytest.approx(0.9 * 1.0 + 0.1 * 6.0)  # momentum 0.1 from 1
+    assert y.tolist()[0] == pytest.approx([0.0, 1.0, 1.0])  # training: theta = p * the batch's max = 3
+    y.sum().backward()
+    assert float(x.grad[0, 2]) != 0  # the gradient flows through the batch maximum, as through BatchNorm's statistics
+    x = x.detach()
     act.eval()
     before = float(act.running_max)
     y = act(x)

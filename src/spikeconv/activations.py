@@ -147,12 +147,14 @@ class QCFS(ClipActivation):
 
 
 class RateNorm(ClipActivation):
-    """Rate Norm Layer (Ding et al. 2021, eq. 6 and Algorithm 1): ``theta = p * r_max``,
-    ``y = clip(x, 0, theta) / theta``, the simulated firing rate in [0, 1]. ``r_max`` is a
-    running maximum of the input (``r_max <- (1 - m) r_max + m max(x)`` per training batch,
-    momentum m = 0.1, starting at 1); ``p = sigmoid(p')`` is trainable (``p = 1`` when
-    ``p_init=1``, Ding's stage 1). Conversion: IF neurons of threshold theta; the division
-    by theta moves into the next layer's weights."""
+    """Rate Norm Layer (Ding et al. 2021, eq. 6 and Algorithm 1): ``theta = p * max``,
+    ``y = clip(x, 0, theta) / theta``, the simulated firing rate in [0, 1]. In training
+    ``max`` is the batch's maximum input (the gradient flows through it), and a running
+    maximum is kept (``r_max <- (1 - m) r_max + m max(x)`` per training batch, momentum
+    m = 0.1, starting at 1); in inference and conversion ``theta = p * r_max``.
+    ``p = sigmoid(p')`` is trainable (``p = 1`` when ``p_init=1``, Ding's stage 1).
+    Conversion: IF neurons of threshold theta; the division by theta moves into the next
+    layer's weights."""
 
     p_logit: Tensor
     running_max: Tensor
@@ -179,9 +181,17 @@ class RateNorm(ClipActivation):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training:
+            # as BatchNorm does with its statistics (Ding Sec. 2.2: "similar to BN in mini-batch
+            # training"): the batch's own maximum, with its gradient, in training; the running
+            # maximum in inference and conversion. (Through the running maximum alone the
+            # gradient stops and the maxima grow with the weights: Ding's CNN on 6,000 MNIST
+            # images reached 52 % after 2 epochs that way, 83 % this way, ReLU 92 %.)
+            batch_max = x.max().clamp_min(1e-12)
             with torch.no_grad():
-                self.running_max.mul_(1 - self.momentum).add_(self.momentum * x.detach().max().clamp_min(0))
-        theta = self.p * self.running_max.clamp_min(1e-12)
+                self.running_max.mul_(1 - self.momentum).add_(self.momentum * batch_max.detach())
+            theta = self.p * batch_max
+        else:
+            theta = self.p * self.running_max.clamp_min(1e-12)
         return torch.minimum(F.relu(x), theta) / theta
 
     def clip_value(self) -> float:
