@@ -83,7 +83,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "threshold-shift": {"activation": "threshold", "theta": 2.0, "trainable_theta": True, "shift": 32},
     "qcfs4": {"activation": "qcfs", "levels": 4},
     "qcfs8": {"activation": "qcfs", "levels": 8},
-    "rnl": {"activation": "ratenorm", "ril": 0.5, "stage2_epochs": 2},
+    "rnl": {"activation": "ratenorm", "ril": 0.5, "stage2_epochs": 2, "stage2_lr": 1e-3},
 }
 
 
@@ -153,8 +153,10 @@ def run(net_name: str, data_root: str | None, force: bool, test_size: int | None
     write_json(results_path, results)
     calibration_images = train_set.subset(STATS_IMAGES, seed=1).tensors()[0]
     for conversion in CONVERSIONS:
-        if conversion.label in results["conversions"] and not force:
-            continue
+        trained_with = asdict(options_for(net, conversion.variant))
+        done = results["conversions"].get(conversion.label)
+        if done is not None and done.get("train_options", trained_with) == trained_with and not force:
+            continue  # (redone when the variant's training options changed)
         started = time.perf_counter()
         model = models[conversion.variant]
         snn = spikeconv.convert(
@@ -169,6 +171,7 @@ def run(net_name: str, data_root: str | None, force: bool, test_size: int | None
         ann = results["ann"][conversion.variant]
         entry = {
             "variant": conversion.variant,
+            "train_options": trained_with,
             "rule": conversion.rule,
             "rule_options": conversion.options,
             "initial_potential": conversion.initial_potential,

@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="ratenorm: epochs of Ding's stage 2 after --epochs (weights frozen, one shared p trained on "
         "1 - cos + lambda Omega; stage 1 then keeps p = 1)",
     )  # fmt: skip
-    p.add_argument("--stage2-lr", type=float, default=1e-2, help="ratenorm: Adam learning rate of stage 2")
+    p.add_argument("--stage2-lr", type=float, default=1e-3, help="ratenorm: Adam learning rate of stage 2")
     p.add_argument("--out", type=Path, required=True, help="checkpoint file (written after every epoch)")
 
     p = command("convert", "convert a trained model into a spiking network")
