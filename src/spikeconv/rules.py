@@ -208,7 +208,7 @@ def clip_floor_mse(
     if not isinstance(T, int) or isinstance(T, bool) or T <= 0:
         raise ValueError(f"T (the time steps the thresholds are made for) must be a positive integer, got {T!r}")
     if not is_number(shift) or not 0 <= shift < 1:
-        raise ValueError(f"shift (initial potential, fraction of the threshold) must be in [0, 1), got {shift!r}")
+        raise ValueError(f"shift (the initial potential the thresholds are made for, a fraction of the threshold; --initial-potential) must be in [0, 1), got {shift!r}")
     if not isinstance(candidates, int) or candidates < 1:
         raise ValueError(f"candidates must be a positive integer, got {candidates!r}")
 
