@@ -275,3 +275,13 @@ def test_fit_curves_and_log_scale_accuracy_plots_are_written(tmp_path):
     plot_fit_curves({"max-norm": curves, "again": curves}, tmp_path / "k.png", title="K")
     plot_accuracy({"a": torch.linspace(10, 90, 16)}, tmp_path / "a.png", log_steps=True, ann_accuracy=91.0)
     assert (tmp_path / "k.png").stat().st_size > 1000 and (tmp_path / "a.png").stat().st_size > 1000
+
+
+def test_an_unused_stage2_learning_rate_does_not_block_resuming(digits, tmp_path):
+    data = digits[0].subset(200)
+    first, _ = train("digits", data, None, TrainOptions(epochs=1, stage2_lr=0.5), tmp_path / "m.pt", progress=False)
+    again, _ = train("digits", data, None, TrainOptions(epochs=1), tmp_path / "m.pt", progress=False)  # loads
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(ValueError, match="was written for"):  # with stage 2 it shapes the weights
+        options = TrainOptions(epochs=1, activation="ratenorm", stage2_epochs=1)
+        train("digits", data, None, options, tmp_path / "m.pt", progress=False)

@@ -144,7 +144,7 @@ def train(
         state = load_torch(checkpoint, "checkpoint")
         # Checkpoints written before an option existed hold its default.
         saved_options = {**asdict(TrainOptions()), **state.get("options", {})}
-        if state.get("arch") != arch or saved_options != asdict(options):
+        if state.get("arch") != arch or _effective(saved_options) != _effective(asdict(options)):
             raise ValueError(
                 f"checkpoint {checkpoint} was written for {state.get('arch')} with {state.get('options')}, "
                 f"not {arch} with {asdict(options)}: pass another --out or delete it to start afresh"
@@ -228,6 +228,14 @@ def _loss(loss_fn: nn.Module, model: nn.Module, x: torch.Tensor, y: torch.Tensor
     if ril > 0 and rates:
         loss = loss + ril * torch.stack([rate_inference_loss(r).mean() for r in rates]).mean()
     return loss
+
+
+def _effective(options: dict[str, Any]) -> dict[str, Any]:
+    """The options that shape the trained weights (stage 2's learning rate does not without
+    stage 2), so that a checkpoint resumes across a change of an unused option's default."""
+    if options.get("stage2_epochs", 0) == 0:
+        options = {k: v for k, v in options.items() if k != "stage2_lr"}
+    return options
 
 
 class _Stage2:
