@@ -285,3 +285,18 @@ def test_an_unused_stage2_learning_rate_does_not_block_resuming(digits, tmp_path
     with pytest.raises(ValueError, match="was written for"):  # with stage 2 it shapes the weights
         options = TrainOptions(epochs=1, activation="ratenorm", stage2_epochs=1)
         train("digits", data, None, options, tmp_path / "m.pt", progress=False)
+
+
+def test_a_max_pool_after_a_rate_norm_layer_gates_its_spikes():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), RateNorm(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 3)
+    ).double()
+    images = random_images(16)
+    model.train()(images)  # running maximum
+    model.eval()
+    snn = spikeconv.convert(model, images, rule="maxnorm")
+    assert [s.gate is not None for s in snn.spiking_stages] == [False, True, False]
+    with torch.no_grad():  # the SNN's ideal output is the ANN's, in units of the output layer's scale
+        scale = snn.info.mapping.layers[-1].scale
+        assert torch.allclose(snn.analog_forward(images)[-1] * scale, model(images))

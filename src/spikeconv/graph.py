@@ -314,6 +314,7 @@ def trace(model: nn.Module, input_shape: tuple[int, ...], *, spiking_pool: bool 
     _fold_batchnorms(ops)
     ops, output = _resolve_aliases(ops, output)
     _move_maxpool_after_relu(ops)
+    _move_maxpool_before_scale(ops)
     stages = _cut(ops, output, spiking_pool)
     for stage in stages:  # constants the conversion made (Scale factors, clips) in the model's precision
         stage.synapse.to(dtype)
@@ -812,6 +813,29 @@ def _resolve_aliases(ops: list[_Op], output: str) -> tuple[list[_Op], str]:
         else:
             kept.append(op)
     return kept, target.get(output, output)
+
+
+def _move_maxpool_before_scale(ops: list[_Op]) -> None:
+    """``maxpool(s * relu(z)) == s * maxpool(relu(z))`` for a positive constant s: a max-pool
+    after a normalizing activation (RateNorm: clip, then ``/ theta``) gates the clip's
+    spikes, and the scale follows the gate."""
+    users: dict[str, list[_Op]] = {}
+    for op in ops:
+        for name in op.inputs:
+            users.setdefault(name, []).append(op)
+    by_name = {op.name: op for op in ops}
+    for op in list(ops):
+        scale = by_name[op.inputs[0]] if op.kind == "maxpool" else None
+        if scale is None or not isinstance(scale.module, Scale) or users.get(scale.name) != [op]:
+            continue
+        if scale.module.factor.numel() != 1 or float(scale.module.factor) <= 0 or by_name[scale.inputs[0]].kind != "relu":
+            continue
+        for user in users.get(op.name, []):
+            user.inputs = [scale.name if n == op.name else n for n in user.inputs]
+        op.inputs, scale.inputs = list(scale.inputs), [op.name]
+        scale.shape = op.shape
+        i, j = ops.index(scale), ops.index(op)
+        ops[i], ops[j] = op, scale
 
 
 def _move_maxpool_after_relu(ops: list[_Op]) -> None:
