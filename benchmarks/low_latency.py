@@ -169,6 +169,7 @@ def run(net_name: str, data_root: str | None, force: bool, test_size: int | None
             )  # fmt: skip
         result = spikeconv.simulate(snn, test_set, T=T_MAX, batch_size=200, record_synops=True)
         ann = results["ann"][conversion.variant]
+        macs = ann_operations(snn)
         entry = {
             "variant": conversion.variant,
             "train_options": trained_with,
@@ -181,9 +182,9 @@ def run(net_name: str, data_root: str | None, force: bool, test_size: int | None
             "accuracy_curve": [round(float(a), 4) for a in result.accuracy_curve()],
             "spikes_per_image": float(result.spikes_per_image.mean()),
             "synops_per_image": result.synops_total / result.num_images,
-            "ann_macs_per_image": ann_operations(snn)["total"],
+            "ann_macs_per_image": macs["total"],
             "synops_per_layer": {k: v / result.num_images for k, v in result.synops_per_layer.items()},
-            "ann_macs_per_layer": ann_operations(snn)["layers"],
+            "ann_macs_per_layer": macs["layers"],
             "to_ann_minus_1pt": result.cost_to_reach(ann - 1.0),
             "wall_time_s": time.perf_counter() - started,
         }
@@ -318,15 +319,15 @@ def report(results_path: Path) -> None:
             )
     first = next(iter(conversions.values()))
     layer_names = list(first["ann_macs_per_layer"])
+    shown = [label for label in conversions if label in FIT_NETS or label == "QCFS L=8, V(0) = theta/2"]
     lines += [
         "",
         "Synaptic operations per image and layer at T = 256 (counted at the receiving layer) against the ANN's "
         "multiply-adds:",
         "",
-        "| layer | ANN MACs | " + " | ".join(label for label in conversions if label in FIT_NETS or "QCFS L=8, V(0) = theta/2" == label) + " |",
-        "|---|---:|" + "---:|" * len([label for label in conversions if label in FIT_NETS or label == "QCFS L=8, V(0) = theta/2"]),
+        "| layer | ANN MACs | " + " | ".join(shown) + " |",
+        "|---|---:|" + "---:|" * len(shown),
     ]
-    shown = [label for label in conversions if label in FIT_NETS or label == "QCFS L=8, V(0) = theta/2"]
     for layer in layer_names:
         cells = [f"{conversions[label]['synops_per_layer'].get(layer, 0):,.0f}" for label in shown]
         lines.append(f"| {layer} | {first['ann_macs_per_layer'][layer]:,.0f} | " + " | ".join(cells) + " |")
