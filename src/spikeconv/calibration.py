@@ -80,25 +80,29 @@ def calibrate_snn(
     stages = calibrated.spiking_stages
     layers: dict[str, dict[str, float]] = {}
 
-    def rate_error(index: int) -> Tensor:
+    def mean_rates() -> list[Tensor]:
+        """Every stage's rates after T steps, averaged over the images: one simulation gives
+        the error left in the layer just corrected and the error of the next one."""
         result = simulate(calibrated, images, T=T, batch_size=batch_size, record_counts=True, progress=progress)
         assert result.spike_counts is not None
-        rates = result.spike_counts[stages[index].name].double().mean(0) / T
-        return targets[index] - rates
+        return [result.spike_counts[s.name].double().mean(0) / T for s in stages]
 
+    rates = mean_rates()
     for index, stage in enumerate(stages):
         if stage.gate is not None or stage.is_output:
             continue
-        error = rate_error(index)
+        error = targets[index] - rates[index]
         report = {"error_before": float(error.abs().mean())}
         threshold = torch.as_tensor(stage.neuron.threshold, dtype=torch.float64)
         per_channel = error.mean(tuple(range(1, error.ndim))) if error.ndim > 1 else error
-        _add_channel_bias(stage, per_channel * threshold.reshape(-1) if threshold.numel() > 1 else per_channel * threshold)
+        _add_channel_bias(stage, per_channel * threshold.reshape(-1))
+        rates = mean_rates()
         if mode == "advanced":
-            error = rate_error(index)
+            error = targets[index] - rates[index]
             v_init = torch.as_tensor(stage.neuron.v_init, dtype=torch.float64) + T * error * threshold
             stage.neuron = dataclasses.replace(stage.neuron, v_init=v_init.to(calibrated.dtype))
-        report["error_after"] = float(rate_error(index).abs().mean())
+            rates = mean_rates()
+        report["error_after"] = float((targets[index] - rates[index]).abs().mean())
         layers[stage.name] = report
     record: dict[str, Any] = {"mode": mode, "T": T, "images": len(images), "layers": layers}
     if calibrated.info is not None:
