@@ -1,0 +1,5 @@
+"""Reading and writing: atomic result files and content fingerprints (:mod:`.files`)."""
+
+from .files import fingerprint, load_torch, save_torch, write_json, write_text
+
+__all__ = ["fingerprint", "load_torch", "save_torch", "write_json", "write_text"]
