@@ -228,7 +228,6 @@ def test_a_trained_qcfs_digits_net_matches_its_ann_within_a_point_at_8_steps(dig
 
 def test_cli_trains_an_activation_and_the_checkpoint_rebuilds_it(tmp_path, capsys):
     from spikeconv.cli import main
-    from spikeconv.convert import load_snn
     from spikeconv.training import load_model
 
     out, snn_path = tmp_path / "q.pt", tmp_path / "qs.pt"
@@ -239,7 +238,7 @@ def test_cli_trains_an_activation_and_the_checkpoint_rebuilds_it(tmp_path, capsy
     assert sum(isinstance(m, QCFS) and m.levels == 4 for m in model.modules()) == 2
     assert main(["convert", "--model", str(out), "--rule", "maxnorm", "--calibration-size", "300", "--quiet",
                  "--out", str(snn_path)]) == 0  # fmt: skip
-    snn, _ = load_snn(snn_path)
+    snn = spikeconv.load(snn_path)
     assert [s.neuron.v_init for s in snn.spiking_stages] == [0.5, 0.5, 0.0]
     assert main(["evaluate", "--snn", str(snn_path), "-T", "8", "--test-size", "50", "--quiet"]) == 0
     assert "ANN" in capsys.readouterr().out  # the ANN was rebuilt with its QCFS layers

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+import spikeconv
 from spikeconv.cli import build_parser, main
 from spikeconv.io import write_json
 from spikeconv.training import load_model, save_model
@@ -142,13 +143,12 @@ def test_an_experiment_resumes_only_the_same_model_and_data(digits_model, tmp_pa
 
 
 def test_convert_sets_the_initial_potential_and_refuses_bad_values(digits_model, tmp_path, capsys):
-    from spikeconv.convert import load_snn
 
     _, _, model_path = digits_model
     out = tmp_path / "half.pt"
     args = ["convert", "--model", str(model_path), "--rule", "maxnorm", "--calibration-size", "200", "--quiet"]
     assert main([*args, "--initial-potential", "0.5", "--out", str(out)]) == 0
-    snn, _ = load_snn(out)
+    snn = spikeconv.load(out)
     assert all(s.neuron.v_init == 0.5 for s in snn.spiking_stages)
     capsys.readouterr()
     line = _one_line_error(capsys, main([*args, "--initial-potential", "1.5", "--out", str(out)]))

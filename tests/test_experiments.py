@@ -102,3 +102,27 @@ def test_cli_experiment_writes_json_markdown_png_and_refuses_mismatched_resume(t
     assert main(["experiment", "stats", "--model", str(model_path), "--out-dir", str(tmp_path), "--quiet"]) == 0
     stats = json.loads((tmp_path / "stats.json").read_text())["result"]
     assert stats["layers"][0]["unsaturated_after_ceil"] >= stats["layers"][0]["unsaturated_before_ceil"]
+
+
+def test_cli_experiment_reads_a_converted_network_file(tmp_path, digits_model, capsys):
+    """`convert` writes the file, `evaluate` and `experiment --snn` read it: the fixed-point
+    experiment then runs on that network (here max-norm with reset by subtraction), not on
+    its own n-scaling conversion, and the ANN and dataset come from the file."""
+    _, _, model_path = digits_model
+    snn_path = tmp_path / "maxnorm.snn.pt"
+    assert main(["convert", "--model", str(model_path), "--rule", "maxnorm", "--calibration-size", "300",
+                 "--out", str(snn_path), "--quiet"]) == 0  # fmt: skip
+    assert main(["evaluate", "--snn", str(snn_path), "-T", "10", "--test-size", "40", "--quiet"]) == 0
+    common = ["--out-dir", str(tmp_path / "a"), "-T", "20", "--test-size", "60", "--widths", "16", "--quiet"]
+    assert main(["experiment", "fixed-point", "--snn", str(snn_path), *common]) == 0
+    from_file = json.loads((tmp_path / "a" / "fixed-point.json").read_text())
+    assert from_file["settings"]["snn"] and from_file["settings"]["dataset"] == "digits"
+    common[1] = str(tmp_path / "b")
+    assert main(["experiment", "fixed-point", "--model", str(model_path), *common]) == 0
+    own = json.loads((tmp_path / "b" / "fixed-point.json").read_text())
+    assert from_file["result"]["float"]["accuracy"] != own["result"]["float"]["accuracy"]  # another network
+    capsys.readouterr()
+    assert main(["experiment", "stats", "--snn", str(snn_path), *common]) == 2
+    assert "--snn applies to the fixed-point and noise experiments" in capsys.readouterr().err
+    assert main(["experiment", "noise", *common]) == 2
+    assert "pass --model" in capsys.readouterr().err

@@ -4,6 +4,7 @@ neurons, simulate them fast and measure accuracy over time, latency and spikes.
     snn = spikeconv.convert(model, calibration_images, rule="nscaling")
     result = spikeconv.simulate(snn, (test_images, test_labels), T=100)
     result.accuracy        # [T] accuracy after every step, percent
+    spikeconv.save(snn, "net.snn.pt"); snn = spikeconv.load("net.snn.pt")
 """
 
 from . import activations
@@ -11,6 +12,7 @@ from .calibrate import ActivationStats, LayerStats, calibrate
 from .convert import build_snn, convert
 from .graph import ConversionError, TracedNetwork, UnsupportedModelError, trace
 from .inputs import InputRangeWarning
+from .io.snn_file import load, save
 from .network import SpikingNetwork
 from .neurons import IFParams, if_step
 from .rules import RULES, Mapping, map_scales
@@ -35,7 +37,9 @@ __all__ = [
     "calibrate",
     "convert",
     "if_step",
+    "load",
     "map_scales",
+    "save",
     "simulate",
     "trace",
 ]

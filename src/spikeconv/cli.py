@@ -16,13 +16,14 @@ from . import __version__
 from .activations import ACTIVATIONS
 from .calibrate import calibrate
 from .calibration import CALIBRATIONS, calibrate_snn
-from .convert import build_snn, load_snn, save_snn
+from .convert import build_snn
 from .data import DATASETS, DatasetNotFoundError, ImageDataset, load_dataset
 from .encoders import CODINGS
 from .experiments import run_demo, yang
 from .experiments.yang_report import REPORTS
 from .graph import ConversionError, trace
 from .io import fingerprint, write_json, write_text
+from .io.snn_file import load, network_to_dict, save
 from .metrics import ann_operations, conversion_loss, rate_correlation
 from .models import ZOO
 from .network import READOUTS, SpikingNetwork
@@ -192,7 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Yang's setting: reset to zero, Poisson input",
     )
     p.add_argument("name", choices=list(REPORTS), help="which experiment")
-    p.add_argument("--model", type=Path, required=True, help="checkpoint written by `spikeconv train`")
+    p.add_argument("--model", type=Path, default=None, help="checkpoint written by `spikeconv train`")
+    p.add_argument(
+        "--snn", type=Path, default=None,
+        help="fixed-point, noise: the converted network of this file (written by `spikeconv convert`) instead of "
+        "n-scaling with reset to zero; the ANN comes from the file unless --model is given",
+    )  # fmt: skip
     _add_data(p)
     p.add_argument("--out-dir", type=Path, default=Path("experiments_out"), help="where NAME.json/.md/.png go")
     p.add_argument("-T", "--T", dest="T", type=_positive_int, default=None, help="time steps (default: per experiment)")
@@ -342,7 +348,7 @@ def _cmd_convert(args: argparse.Namespace) -> None:
         images = calibration.tensors()[0][: args.calibrate_images]
         snn = calibrate_snn(snn, images, T=args.target_T, mode=args.calibrate, progress=args.progress)
     ann = {k: record[k] for k in ("format", "arch", "input_shape", "state_dict")} | {"options": record.get("options", {})}
-    save_snn(args.out, snn, ann | {"dataset": name})
+    save(snn, args.out, ann=ann | {"dataset": name})
     assert snn.info is not None
     mapping = snn.info.mapping
     print(f"{record['arch']} -> {args.rule} ({stats.images} calibration images), reset {args.reset}")
@@ -368,7 +374,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     curves = {}
     ann_accuracy = None
     for path in args.snn:
-        snn, ann = load_snn(path)
+        snn, ann = load(path, with_ann=True)
         name = args.dataset or (ann or {}).get("dataset")
         if name is None:
             raise ValueError(f"{path} does not record its dataset: pass --dataset")
@@ -437,7 +443,22 @@ EXPERIMENT_T = {"sweep-n": 200, "fixed-point": 100, "noise": 100, "spikes": 200,
 
 
 def _cmd_experiment(args: argparse.Namespace) -> None:
-    model, record = load_model(args.model)
+    converted: SpikingNetwork | None = None
+    if args.snn is not None:
+        if args.name not in ("fixed-point", "noise"):
+            raise ValueError(f"--snn applies to the fixed-point and noise experiments; {args.name} converts the ANN itself")
+        converted, ann_record = load(args.snn, with_ann=True)
+        if args.model is None and ann_record is None:
+            raise ValueError(f"{args.snn} holds no ANN record (the noise experiment and the data need it): pass --model")
+    elif args.model is None:
+        raise ValueError("pass --model (a checkpoint written by `spikeconv train`) or --snn (by `spikeconv convert`)")
+    if args.model is not None:
+        model, record = load_model(args.model)
+    else:
+        record = ann_record
+        model = model_from_record(record)
+    if args.dataset is None and record.get("dataset") is not None:
+        args.dataset = record["dataset"]
     name = _dataset_name(args, record["arch"])
     shape = tuple(record["input_shape"])
     T = args.T or EXPERIMENT_T[args.name]
@@ -452,6 +473,8 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
         "seed": args.seed, "test_size": args.test_size, "calibration_size": args.calibration_size,
         "repeats": args.repeats, "widths": args.widths, "batch_size": args.batch_size,
     }  # fmt: skip
+    if converted is not None:
+        settings["snn"] = fingerprint(network_to_dict(converted))
     out_json = args.out_dir / f"{args.name}.json"
     done: dict[str, Any] = {}
     if out_json.exists() and not args.force:
@@ -472,7 +495,7 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
     elif args.name == "spikes":
         result = yang.spike_comparison(traced, stats, test, n=args.n, T=T, progress=progress, **common)
     else:
-        snn = build_snn(traced, stats, "nscaling", n=args.n, reset="zero")
+        snn = converted if converted is not None else build_snn(traced, stats, "nscaling", n=args.n, reset="zero")
         if args.name == "fixed-point":
             result = yang.fixed_point(
                 snn, test, T=T, widths=args.widths, done=done, save=save, progress=progress, **common

@@ -14,7 +14,6 @@ import copy
 import itertools
 import math
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,12 +32,11 @@ from .graph import (
     trace,
 )
 from .inputs import check_count, is_number, iter_batches
-from .io import load_torch, save_torch
 from .network import ConversionInfo, Readout, SpikingNetwork, SpikingStage
 from .neurons import RATE_ESTIMATES, RESETS, GateParams, IFParams
 from .rules import map_scales
 
-__all__ = ["convert", "build_snn", "fold_scales", "save_snn", "load_snn"]
+__all__ = ["convert", "build_snn", "fold_scales"]
 
 
 def build_snn(
@@ -372,20 +370,3 @@ def convert(
         maxpool_rate=maxpool_rate,
         maxpool_decay=maxpool_decay, softmax_rate=softmax_rate, **rule_options,
     )  # fmt: skip
-
-
-SNN_FORMAT = "spikeconv-snn/1"
-
-
-def save_snn(path: str | Path, snn: SpikingNetwork, ann: dict[str, Any] | None = None) -> None:
-    """Save a converted network (with its cached statistics and mapping) and, optionally,
-    the ANN checkpoint record it came from, atomically."""
-    save_torch(path, {"format": SNN_FORMAT, "snn": snn, "ann": ann})
-
-
-def load_snn(path: str | Path) -> tuple[SpikingNetwork, dict[str, Any] | None]:
-    """Load what :func:`save_snn` wrote: the network and the ANN record (or ``None``)."""
-    state = load_torch(path, "converted network")
-    if not isinstance(state, dict) or state.get("format") != SNN_FORMAT:
-        raise ValueError(f"{path} is not a spikeconv converted network (written by `spikeconv convert`)")
-    return state["snn"], state["ann"]

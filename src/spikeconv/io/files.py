@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["write_json", "write_text", "save_torch", "load_torch", "fingerprint"]
+__all__ = ["fingerprint", "load_torch", "save_torch", "write_json", "write_text"]
 
 
 def _atomic_target(path: Path) -> tuple[int, str]:
@@ -59,17 +59,30 @@ def save_torch(path: str | Path, payload: Any) -> None:
 
 
 def load_torch(path: str | Path, what: str) -> Any:
-    """Load a file written by :func:`save_torch`; a missing file names what was expected."""
+    """Load a file written by :func:`save_torch` with ``weights_only=True`` (plain data and
+    tensors only: no code in the file runs); a missing file names what was expected."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} file {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (pickle.UnpicklingError, EOFError, RuntimeError) as error:  # torch reports a bad file in these
-        raise ValueError(
-            f"{what} file {path} cannot be read ({type(error).__name__}: {str(error)[:200]}): "
-            "it is truncated or not a file spikeconv wrote"
-        ) from error
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights only" in str(error).lower():
+            raise ValueError(
+                f"{what} file {path} holds pickled Python objects, which spikeconv does not load "
+                "(torch.load(weights_only=True), so a file from someone else cannot run code): it was written by "
+                "another program or an older spikeconv; write it again with this spikeconv"
+            ) from error
+        raise _unreadable(path, what, error) from error
+    except (EOFError, RuntimeError) as error:  # torch reports a bad file in these
+        raise _unreadable(path, what, error) from error
+
+
+def _unreadable(path: Path, what: str, error: Exception) -> ValueError:
+    return ValueError(
+        f"{what} file {path} cannot be read ({type(error).__name__}: {str(error)[:200]}): "
+        "it is truncated or not a file spikeconv wrote"
+    )
 
 
 def fingerprint(value: Any) -> str:
