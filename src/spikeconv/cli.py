@@ -11,19 +11,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import fx, nn
 
 from . import __version__
 from .activations import ACTIVATIONS
 from .calibrate import calibrate
 from .calibration import CALIBRATIONS, calibrate_snn
 from .convert import build_snn
-from .data import DATASETS, DatasetNotFoundError, ImageDataset, load_dataset
+from .data import DATASETS, DatasetNotFoundError, ImageDataset, load_dataset, load_image_folder
 from .encoders import CODINGS
 from .experiments import run_demo, yang
 from .experiments.yang_report import REPORTS
 from .graph import ConversionError, trace
 from .io import fingerprint, write_json, write_text
 from .io.snn_file import load, network_to_dict, save
+from .io.user_models import USER_MODEL_FORMAT, is_user_model, load_user_model, with_normalization
 from .metrics import ann_operations, conversion_loss, rate_correlation
 from .models import ZOO
 from .network import READOUTS, SpikingNetwork
@@ -53,6 +55,13 @@ def _number_or_auto(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from error
 
 
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from error
+
+
 def _steps(text: str) -> list[int]:
     try:
         steps = [int(s) for s in text.split(",") if s.strip()]
@@ -74,13 +83,16 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _add_data(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+def _add_data(parser: argparse.ArgumentParser, default: str | None = None, folder: bool = True) -> None:
     parser.add_argument(
-        "--dataset", choices=DATASETS, default=default, help="dataset (default: the one the model was made for)"
-    )
+        "--dataset", choices=(*DATASETS, "folder") if folder else DATASETS, default=default,
+        help="dataset (default: the one the model was made for; folder: --data-root is an image folder)",
+    )  # fmt: skip
     parser.add_argument(
-        "--data-root", type=Path, default=None, help="folder holding MNIST/raw/*.gz or cifar10-jpeg/ (not for digits)"
-    )
+        "--data-root", type=Path, default=None,
+        help="folder holding MNIST/raw/*.gz or cifar10-jpeg/ (not for digits); for --dataset folder: "
+        "<class>/<image> folders, or train/ and test/ each holding them",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("train", "train a zoo model (seeded; resumes from --out if it exists)")
     p.add_argument("--model", choices=list(ZOO), required=True, help="architecture from the zoo")
-    _add_data(p)
+    _add_data(p, folder=False)
     p.add_argument("--epochs", type=_positive_int, default=10, help="training epochs")
     p.add_argument("--batch-size", type=_positive_int, default=64, help="images per optimizer step")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (cosine-annealed)")
@@ -127,7 +139,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="checkpoint file (written after every epoch)")
 
     p = command("convert", "convert a trained model into a spiking network")
-    p.add_argument("--model", type=Path, required=True, help="checkpoint written by `spikeconv train`")
+    p.add_argument(
+        "--model", required=True,
+        help="checkpoint written by `spikeconv train`; or your own model: file.py:factory (with --weights) or a "
+        "torch.export program (.pt2)",
+    )  # fmt: skip
+    p.add_argument(
+        "--weights", default=None,
+        help="file.py:factory models: state dict to load (torch.save(model.state_dict()); 'none': the factory "
+        "loads its own)",
+    )  # fmt: skip
+    p.add_argument(
+        "--input-size", type=_steps, default=None,
+        help="your own model: its input C,H,W, e.g. 3,32,32 (images are resized to it; a .pt2 program knows it)",
+    )  # fmt: skip
+    p.add_argument("--mean", type=_floats, default=None, help="your own model: per-channel mean it normalizes by")
+    p.add_argument("--std", type=_floats, default=None, help="your own model: per-channel std it normalizes by")
     _add_data(p)
     p.add_argument("--rule", choices=list(RULES), default="nscaling", help="weight/threshold mapping rule")
     p.add_argument(
@@ -242,7 +269,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dataset_name(args: argparse.Namespace, arch: str) -> str:
+    if args.dataset is None and arch not in ZOO:  # a user's model: its data is an image folder
+        return "folder"
     name = args.dataset or ZOO[arch].dataset
+    if name == "folder":
+        return name
     if name not in DATASETS:
         raise ValueError(f"model {arch!r} is meant for {name!r}, which has no loader here; pass --dataset")
     return name
@@ -271,6 +302,8 @@ def _load_for_model(
     """A seeded subset of ``size`` images of one split (all when ``None``), fitted to the
     model's input (the subset picks the same images whether cropped before or after);
     refused, naming both, when its images or classes do not fit the model's."""
+    if name == "folder":
+        return _image_folder(split, root, input_shape).subset(size, seed=seed)
     data = fit_to_model(load_dataset(name, split, root).subset(size, seed=seed), input_shape)
     if data.input_shape != tuple(input_shape):
         raise ValueError(
@@ -283,6 +316,51 @@ def _load_for_model(
             "--dataset the model was trained on"
         )
     return data
+
+
+def _image_folder(split: str, root: Path | None, input_shape: tuple[int, ...]) -> ImageDataset:
+    """``root/split`` when it exists, else ``root``: class folders of images, resized to
+    the model's input (1 channel: grayscale, 3: RGB)."""
+    if root is None:
+        raise ValueError("--dataset folder needs --data-root: a folder of <class>/<image> folders")
+    if len(input_shape) != 3 or input_shape[0] not in (1, 3):
+        raise ValueError(f"an image folder feeds models taking 1 or 3 channels of H x W, not {tuple(input_shape)}")
+    folder = root / split if (root / split).is_dir() else root
+    return load_image_folder(folder, grayscale=input_shape[0] == 1, size=(input_shape[1], input_shape[2]))
+
+
+def _model_from_args(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
+    """The model ``--model`` names and its record: a spikeconv checkpoint's, or for a
+    user's model, what it was loaded from and its input shape."""
+    own = ("--weights", args.weights), ("--input-size", args.input_size), ("--mean", args.mean), ("--std", args.std)
+    if not is_user_model(args.model):
+        given = [flag for flag, value in own if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} apply to your own model (file.py:factory, .pt2), not to "
+                             f"{args.model}, a spikeconv checkpoint that knows its input")  # fmt: skip
+        return load_model(Path(args.model))
+    factory = ".py:" in args.model or args.model.endswith(".py")
+    if factory and args.weights is None:
+        raise ValueError(f"{args.model} builds a model: pass --weights STATE_DICT (or --weights none when the "
+                         "factory loads its weights itself)")  # fmt: skip
+    weights = None if args.weights in (None, "none") else args.weights
+    model = load_user_model(args.model, weights)
+    shape = args.input_size or (model.meta.get("input_shape") if isinstance(model, fx.GraphModule) else None)
+    if shape is None:
+        raise ValueError(f"pass --input-size C,H,W: the input shape of {args.model}")
+    if len(shape) != 3:
+        raise ValueError(f"--input-size takes C,H,W (three numbers), got {shape}")
+    if (args.mean is None) != (args.std is None):
+        raise ValueError("pass both --mean and --std (one value per channel each), or neither")
+    if args.mean is not None:
+        if len(args.mean) != shape[0]:
+            raise ValueError(f"--mean and --std need {shape[0]} values (one per input channel), got {len(args.mean)}")
+        model = with_normalization(model, args.mean, args.std)
+    record = {
+        "format": USER_MODEL_FORMAT, "arch": args.model, "weights": weights, "input_shape": list(shape),
+        "mean": args.mean, "std": args.std,
+    }  # fmt: skip
+    return model, record
 
 
 def _classes(snn: SpikingNetwork) -> int:
@@ -332,7 +410,7 @@ def _parse_v_min(text: str) -> float | str | None:
 
 
 def _cmd_convert(args: argparse.Namespace) -> None:
-    model, record = load_model(args.model)
+    model, record = _model_from_args(args)
     name = _dataset_name(args, record["arch"])
     calibration = _load_for_model(
         name, "train", args.data_root, tuple(record["input_shape"]), args.calibration_size, args.seed
@@ -347,7 +425,10 @@ def _cmd_convert(args: argparse.Namespace) -> None:
     if args.calibrate is not None:
         images = calibration.tensors()[0][: args.calibrate_images]
         snn = calibrate_snn(snn, images, T=args.target_T, mode=args.calibrate, progress=args.progress)
-    ann = {k: record[k] for k in ("format", "arch", "input_shape", "state_dict")} | {"options": record.get("options", {})}
+    if record["format"] == USER_MODEL_FORMAT:
+        ann = dict(record)  # where the model came from (spikeconv runs no code a file names)
+    else:
+        ann = {k: record[k] for k in ("format", "arch", "input_shape", "state_dict")} | {"options": record.get("options", {})}
     save(snn, args.out, ann=ann | {"dataset": name})
     assert snn.info is not None
     mapping = snn.info.mapping
@@ -382,7 +463,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
             name, "test", args.data_root, snn.input_shape, args.test_size, args.seed, classes=_classes(snn)
         )
         entry: dict[str, Any] = {"dataset": name}
-        if ann is not None:
+        if ann is not None and ann.get("format") == USER_MODEL_FORMAT:
+            print(f"{path}: converted from {ann['arch']}; its ANN accuracy is not computed here (spikeconv does not "
+                  "import code a file names)")  # fmt: skip
+        elif ann is not None:
             ann_accuracy = entry["ann_accuracy"] = evaluate_ann(model_from_record(ann), test)
         result = simulate(
             snn, test, T=args.T, coding=args.coding, seed=args.seed, batch_size=args.batch_size,
@@ -454,6 +538,11 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
         raise ValueError("pass --model (a checkpoint written by `spikeconv train`) or --snn (by `spikeconv convert`)")
     if args.model is not None:
         model, record = load_model(args.model)
+    elif ann_record.get("format") == USER_MODEL_FORMAT:
+        if args.name == "noise":
+            raise ValueError(f"{args.snn} was converted from {ann_record['arch']}, which the noise experiment would "
+                             "need to run as an ANN: spikeconv does not import code a file names")  # fmt: skip
+        record, model = ann_record, None
     else:
         record = ann_record
         model = model_from_record(record)
@@ -467,7 +556,7 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
     # A run resumes only what was computed from the same weights, images and settings: the
     # file's path alone would let a JSON written for another model at that path mix in.
     settings = {
-        "model": fingerprint([record["arch"], record["state_dict"]]),
+        "model": fingerprint([record["arch"], record.get("state_dict")]),
         "data": fingerprint([name, calibration.images, test.images, test.labels]),
         "model_file": str(args.model), "dataset": name, "T": T, "coding": args.coding, "n": args.n,
         "seed": args.seed, "test_size": args.test_size, "calibration_size": args.calibration_size,
@@ -480,8 +569,10 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
     if out_json.exists() and not args.force:
         done = _resumable(out_json, settings)
         print(f"resuming {out_json}")
-    traced = trace(model, shape)
-    stats = calibrate(traced, calibration.tensors()[0], max_images=None)
+    if converted is None:
+        assert model is not None
+        traced = trace(model, shape)
+        stats = calibrate(traced, calibration.tensors()[0], max_images=None)
 
     def save(result: dict[str, Any]) -> None:
         write_json(out_json, {"experiment": args.name, "settings": settings, "result": result})
@@ -501,6 +592,7 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
                 snn, test, T=T, widths=args.widths, done=done, save=save, progress=progress, **common
             )
         else:
+            assert model is not None  # refused above for a network without its ANN
             result = yang.noise_robustness(
                 model, snn, test, T=T, repeats=args.repeats, done=done, save=save, progress=progress, **common
             )

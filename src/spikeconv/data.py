@@ -187,9 +187,11 @@ def load_mnist(root: str | Path, split: str = "train") -> ImageDataset:
     )
 
 
-def load_image_folder(path: str | Path, *, grayscale: bool = False) -> ImageDataset:
+def load_image_folder(
+    path: str | Path, *, grayscale: bool = False, size: tuple[int, int] | None = None
+) -> ImageDataset:
     """A class-per-folder image tree: ``path/<class>/<image>``; classes sorted by name.
-    All images must share one size."""
+    All images must share one size, or ``size`` = (height, width) resizes each (bilinear)."""
     from PIL import Image
 
     path = Path(path)
@@ -209,11 +211,17 @@ def load_image_folder(path: str | Path, *, grayscale: bool = False) -> ImageData
                 continue
             try:
                 with Image.open(file) as image:
-                    array = np.asarray(image.convert("L" if grayscale else "RGB"), dtype=np.uint8)
+                    converted = image.convert("L" if grayscale else "RGB")
+                    if size is not None and converted.size != (size[1], size[0]):
+                        converted = converted.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+                    array = np.asarray(converted, dtype=np.uint8)
             except (OSError, SyntaxError) as error:  # Pillow's UnidentifiedImageError is an OSError
                 raise ValueError(f"{file} cannot be read as an image ({error}): remove or replace it") from None
             if arrays and array.shape != arrays[0].shape:
-                raise ValueError(f"{file} is {array.shape[:2]} but earlier images are {arrays[0].shape[:2]}")
+                raise ValueError(
+                    f"{file} is {array.shape[:2]} but earlier images are {arrays[0].shape[:2]}: resize them alike "
+                    "(the CLI's --input-size resizes every image)"
+                )
             arrays.append(array)
             labels.append(label)
     if not arrays:
