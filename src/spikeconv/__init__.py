@@ -12,6 +12,7 @@ from .calibrate import ActivationStats, LayerStats, calibrate
 from .convert import build_snn, convert
 from .graph import ConversionError, TracedNetwork, UnsupportedModelError, trace
 from .inputs import InputRangeWarning
+from .io import export
 from .io.snn_file import load, save
 from .network import SpikingNetwork
 from .neurons import IFParams, if_step
@@ -36,6 +37,7 @@ __all__ = [
     "build_snn",
     "calibrate",
     "convert",
+    "export",
     "if_step",
     "load",
     "map_scales",

@@ -24,6 +24,7 @@ from .experiments import run_demo, yang
 from .experiments.yang_report import REPORTS
 from .graph import ConversionError, trace
 from .io import fingerprint, write_json, write_text
+from .io.export import SUBTRACT_RESETS, read_nir_graph, write_nir
 from .io.snn_file import load, network_to_dict, save
 from .io.user_models import USER_MODEL_FORMAT, is_user_model, load_user_model, with_normalization
 from .metrics import ann_operations, conversion_loss, rate_correlation
@@ -243,6 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
         "and settings)",
     )  # fmt: skip
 
+    p = command("export", "write a converted network for neuromorphic toolchains (NIR)")
+    p.add_argument("snn", type=Path, help="file written by `spikeconv convert`")
+    p.add_argument("--nir", type=Path, required=True, help="the NIR (HDF5) file to write")
+    p.add_argument(
+        "--subtract-reset", choices=SUBTRACT_RESETS, default="refuse",
+        help="NIR has no reset by subtraction: refuse such a network, or write reset to zero (as_zero) and record "
+        "the approximation in each IF node",
+    )  # fmt: skip
+
     p = command("demo", "train on the embedded 8x8 digits, convert with maxnorm and nscaling, simulate, plot")
     p.add_argument("--out-dir", type=Path, default=Path("demo_out"), help="where the model, JSON, table and plot go")
     p.add_argument("--epochs", type=_positive_int, default=30, help="training epochs")
@@ -260,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.progress = not args.quiet and sys.stderr.isatty()
     try:
         return int(COMMANDS[args.command](args) or 0)
-    except (ConversionError, DatasetNotFoundError, OSError, ValueError, TypeError) as error:
+    except (ConversionError, DatasetNotFoundError, ImportError, OSError, ValueError, TypeError) as error:
         print(f"spikeconv {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -605,6 +615,16 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
     print(text)
 
 
+def _cmd_export(args: argparse.Namespace) -> None:
+    snn = load(args.snn)
+    write_nir(snn, args.nir, subtract_reset=args.subtract_reset)
+    graph = read_nir_graph(args.nir)
+    note = " (reset by subtraction written as reset to zero)" if any(
+        s.neuron.reset == "subtract" for s in snn.spiking_stages
+    ) else ""
+    print(f"{args.snn} -> {args.nir}: {len(graph.nodes)} nodes, {len(graph.edges)} edges{note}")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     record = run_demo(
         args.out_dir, epochs=args.epochs, T=args.T, coding=args.coding, seed=args.seed, progress=args.progress,
@@ -616,7 +636,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 COMMANDS = {
     "train": _cmd_train, "convert": _cmd_convert, "evaluate": _cmd_evaluate, "experiment": _cmd_experiment,
-    "demo": _cmd_demo,
+    "export": _cmd_export, "demo": _cmd_demo,
 }  # fmt: skip
 
 if __name__ == "__main__":

@@ -1,0 +1,183 @@
+"""NIR export and import (nir is the only client library here; Norse / SpikingJelly and
+the other readers are checked in benchmarks/interop, an optional environment)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import exact, grid_images, small_cnn
+from torch import nn
+
+import spikeconv
+from spikeconv.cli import main
+from spikeconv.io.export import NIRExportError, from_nir, read_nir, to_nir, write_nir
+from spikeconv.models import ZOO
+
+nir = pytest.importorskip("nir")
+
+
+def _counts(snn, images, T):
+    result = spikeconv.simulate(snn, images, T=T, record_counts=True)
+    assert result.spike_counts is not None
+    return result.output_counts, list(result.spike_counts.values())
+
+
+def _assert_same_spikes(a, b, images, T):
+    out_a, layers_a = _counts(a, images, T)
+    out_b, layers_b = _counts(b, images, T)
+    assert torch.equal(out_a, out_b)
+    assert len(layers_a) == len(layers_b) and all(torch.equal(x, y) for x, y in zip(layers_a, layers_b))
+
+
+def _nir_reference(graph, x: np.ndarray, T: int) -> np.ndarray:
+    """NIR's own semantics, step by step, for a chain of Affine / Flatten / IF nodes: v += r I;
+    fire where v > v_threshold; set v to v_reset there. Returns the output spikes per step."""
+    order, current = [], "input"
+    while current != "output":
+        current = next(b for a, b in graph.edges if a == current)
+        order.append(current)
+    state: dict[str, np.ndarray] = {}
+    out = []
+    for _ in range(T):
+        signal = x
+        for key in order[:-1]:
+            node = graph.nodes[key]
+            if isinstance(node, nir.Flatten):
+                signal = signal.reshape(len(signal), -1)
+            elif isinstance(node, nir.Affine):
+                signal = signal @ node.weight.T + node.bias
+            elif isinstance(node, nir.IF):
+                v = state.get(key, np.zeros_like(signal)) + node.r * signal
+                fired = v > node.v_threshold
+                state[key] = np.where(fired, node.v_reset, v)
+                signal = fired.astype(signal.dtype)
+        out.append(signal)
+    return np.stack(out)
+
+
+def test_round_trip_through_a_nir_file_gives_identical_spikes(tmp_path):
+    images = grid_images(20)
+    snn = exact(spikeconv.convert(small_cnn(), images, rule="maxnorm", reset="zero", v_min=None))
+    write_nir(snn, tmp_path / "net.nir")
+    back = read_nir(tmp_path / "net.nir")
+    assert back.dtype == torch.float64 and back.spiking_stages[0].neuron.threshold == 1.0  # v > t back to v >= t
+    _assert_same_spikes(snn, back, images, T=40)
+
+
+def test_residual_network_with_batchnorm_round_trips(tmp_path):
+    """ResNet-20: additions become several edges into one NIR node; folded BatchNorm and
+    shortcut scales travel as Conv2d / Scale nodes."""
+    torch.manual_seed(0)
+    model = ZOO["resnet20"].build().eval().double()
+    images = torch.nn.functional.interpolate(grid_images(4).expand(4, 3, 8, 8), size=32)
+    snn = exact(spikeconv.convert(model, images, rule="maxnorm", reset="zero", v_min=None))
+    graph = to_nir(snn)
+    assert sum(1 for b in (e[1] for e in graph.edges) if b.endswith(".neuron")) > len(snn.spiking_stages)  # sums
+    nir.write(tmp_path / "r.nir", graph)
+    back = read_nir(tmp_path / "r.nir")
+    _assert_same_spikes(snn, back, images, T=12)
+
+
+def test_exported_graph_under_nir_semantics_fires_like_spikeconv():
+    """NIR fires on v > threshold; the export writes nextafter(threshold, -inf), so a
+    membrane that reaches the threshold exactly fires in both (0.5 + 0.5 = 1)."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 2)).double().eval()
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[0.5, 0.0], [0.25, 0.25], [0.0, 0.75]]))
+        model[1].bias.zero_()
+        model[3].weight.copy_(torch.tensor([[1.0, -0.5, 0.0], [0.0, 0.5, 0.5]]))
+        model[3].bias.zero_()
+    x = torch.tensor([[[[1.0, 1.0]]], [[[1.0, 0.5]]]], dtype=torch.float64)
+    snn = spikeconv.convert(model, x, rule="none", reset="zero", v_min=None)
+    expected = snn(x.unsqueeze(0).expand(16, *x.shape))
+    snn.reset_state()
+    reference = _nir_reference(to_nir(snn), x.numpy(), 16)
+    assert np.array_equal(reference, expected.numpy())
+    assert expected[:, 0].sum() > 0  # the exactly-at-threshold neuron fires
+
+
+def test_import_of_a_foreign_graph_runs_like_nir_says():
+    """A graph as another library writes it (Affine -> IF -> Affine -> IF, float32,
+    per-neuron thresholds, r != 1), simulated by spikeconv and by NIR's semantics."""
+    rng = np.random.default_rng(0)
+    grid = lambda *shape: (np.round(rng.uniform(-1, 1, shape) * 64) / 64).astype(np.float32)
+    graph = nir.NIRGraph(
+        nodes={
+            "input": nir.Input({"input": np.array([1, 2, 3])}),
+            "flat": nir.Flatten({"input": np.array([1, 2, 3])}, start_dim=0, end_dim=-1),
+            "fc1": nir.Affine(grid(5, 6), grid(5)),
+            "if1": nir.IF(r=np.full(5, 2.0, np.float32), v_threshold=np.linspace(0.5, 1.5, 5).astype(np.float32),
+                           v_reset=np.zeros(5, np.float32)),
+            "fc2": nir.Affine(grid(3, 5), grid(3)),
+            "if2": nir.IF(r=np.ones(3, np.float32), v_threshold=np.ones(3, np.float32), v_reset=np.zeros(3, np.float32)),
+            "output": nir.Output({"output": np.array([3])}),
+        },
+        edges=[("input", "flat"), ("flat", "fc1"), ("fc1", "if1"), ("if1", "fc2"), ("fc2", "if2"), ("if2", "output")],
+    )
+    snn = from_nir(graph)
+    assert snn.dtype == torch.float32 and snn.input_shape == (1, 2, 3)
+    x = (np.round(rng.uniform(0, 1, (8, 1, 2, 3)) * 64) / 64).astype(np.float32)
+    ours = snn(torch.as_tensor(x).unsqueeze(0).expand(30, *x.shape)).numpy()
+    assert np.array_equal(ours, _nir_reference(graph, x, 30))
+    assert ours.sum() > 0
+
+
+def test_what_nir_cannot_express_is_refused_by_name(tmp_path):
+    images = grid_images(10)
+    subtract = spikeconv.convert(small_cnn(), images, rule="maxnorm", v_min=None)
+    with pytest.raises(NIRExportError, match=r"resets by subtraction.*reset='zero'.*subtract_reset='as_zero'"):
+        to_nir(subtract)
+    graph = to_nir(subtract, subtract_reset="as_zero")
+    neuron = next(n for n in graph.nodes.values() if isinstance(n, nir.IF))
+    assert neuron.metadata["spikeconv_reset"] == "subtract" and "approximation" in neuron.metadata["spikeconv_exported_reset"]
+    bounded = spikeconv.convert(small_cnn(), images, rule="nscaling", reset="zero")
+    assert bounded.spiking_stages[0].neuron.v_min is not None
+    with pytest.raises(NIRExportError, match=r"layer '0' bounds its membrane below.*v_min=None"):
+        to_nir(bounded)
+    half = spikeconv.convert(small_cnn(), images, rule="maxnorm", reset="zero", v_min=None, initial_potential=0.5)
+    with pytest.raises(NIRExportError, match="non-zero membrane potential"):
+        to_nir(half)
+    pooled = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32, 3))
+    gated = spikeconv.convert(pooled.double().eval(), images, rule="maxnorm", reset="zero", v_min=None)
+    with pytest.raises(NIRExportError, match="spiking max-pool gate"):
+        to_nir(gated)
+    softmax = spikeconv.convert(small_cnn(), images, rule="maxnorm", reset="zero", v_min=None, readout="softmax")
+    with pytest.raises(NIRExportError, match="softmax"):
+        to_nir(softmax)
+    membrane = spikeconv.convert(small_cnn(), images, rule="maxnorm", reset="zero", v_min=None, readout="membrane")
+    write_nir(membrane, tmp_path / "m.nir")
+    back = read_nir(tmp_path / "m.nir")
+    assert back.readout == "membrane"
+    _assert_same_spikes(exact(membrane), exact(back), images, T=10)
+
+    leaky = nir.NIRGraph(
+        nodes={"input": nir.Input({"input": np.array([2])}), "fc": nir.Affine(np.eye(2), np.zeros(2)),
+               "lif": nir.LIF(tau=np.ones(2), r=np.ones(2), v_leak=np.zeros(2), v_threshold=np.ones(2)),
+               "output": nir.Output({"output": np.array([2])})},
+        edges=[("input", "fc"), ("fc", "lif"), ("lif", "output")],
+    )  # fmt: skip
+    with pytest.raises(NIRExportError, match="node 'lif' is a LIF, which spikeconv has no neuron"):
+        from_nir(leaky)
+    bad = tmp_path / "bad.nir"
+    bad.write_bytes(b"no hdf5 here")
+    with pytest.raises(ValueError, match="cannot be read as a NIR graph"):
+        read_nir(bad)
+
+
+def test_cli_exports_a_converted_file(tmp_path, digits_model, capsys):
+    _, _, model_path = digits_model
+    snn_path = tmp_path / "z.snn.pt"
+    assert main(["convert", "--model", str(model_path), "--rule", "maxnorm", "--reset", "zero", "--v-min", "none",
+                 "--calibration-size", "200", "--out", str(snn_path), "--quiet"]) == 0  # fmt: skip
+    out = tmp_path / "z.nir"
+    assert main(["export", str(snn_path), "--nir", str(out), "--quiet"]) == 0
+    assert "nodes" in capsys.readouterr().out
+    back = read_nir(out)
+    assert len(back.spiking_stages) == len(spikeconv.load(snn_path).spiking_stages)
+    assert main(["convert", "--model", str(model_path), "--rule", "maxnorm", "--calibration-size", "200",
+                 "--v-min", "none", "--out", str(snn_path), "--quiet"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["export", str(snn_path), "--nir", str(out), "--quiet"]) == 2
+    assert "--subtract-reset as_zero" in capsys.readouterr().err
+    assert main(["export", str(snn_path), "--nir", str(out), "--subtract-reset", "as_zero", "--quiet"]) == 0
