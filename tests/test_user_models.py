@@ -199,3 +199,73 @@ def test_cli_converts_an_exported_program_with_normalization(tmp_path):
     x = torch.rand(5, 3, 8, 8)
     expected = model((x - 0.5) / 0.25)
     assert torch.equal(snn.analog_forward(x)[-1].argmax(1), expected.argmax(1))
+
+
+onnx = pytest.importorskip("onnx")
+
+
+def _torch_onnx(model: nn.Module, path, shape=(3, 16, 16)):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter: no onnxscript needed
+        torch.onnx.export(model, (torch.rand(1, *shape),), str(path), dynamo=False, input_names=["x"],
+                          dynamic_axes={"x": {0: "batch"}})  # fmt: skip
+    return path
+
+
+def test_onnx_file_from_torch_is_rebuilt_and_converts(tmp_path):
+    model = _residual_net()
+    imported = load_user_model(_torch_onnx(model, tmp_path / "net.onnx"))
+    assert imported.meta["input_shape"] == (3, 16, 16)
+    x = torch.rand(6, 3, 16, 16)
+    torch.testing.assert_close(imported(x), model(x), atol=1e-5, rtol=1e-5)  # BatchNorm folded by the exporter
+    snn = spikeconv.convert(imported, x)
+    assert torch.equal(snn.analog_forward(x)[-1].argmax(1), model(x).argmax(1))
+
+
+def _onnx_graph(tmp_path, nodes, initializers, out_shape, name="g.onnx", in_shape=(1, 1, 2, 2)):
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", *in_shape[1:]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", *out_shape])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in initializers.items()],
+    )  # fmt: skip
+    path = tmp_path / name
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return path
+
+
+def test_onnx_matmul_plus_bias_and_scalar_mul_as_other_exporters_write_them(tmp_path):
+    from onnx import helper
+
+    rng = np.random.default_rng(0)
+    w1, b1, w2 = rng.normal(size=(4, 3)), rng.normal(size=3), rng.normal(size=(3, 2))
+    nodes = [
+        helper.make_node("Flatten", ["x"], ["f"], axis=1),
+        helper.make_node("MatMul", ["f", "w1"], ["m"]),
+        helper.make_node("Add", ["m", "b1"], ["a"]),
+        helper.make_node("Relu", ["a"], ["r"]),
+        helper.make_node("Constant", [], ["half"], value=onnx.numpy_helper.from_array(np.array(0.5, np.float32))),
+        helper.make_node("Mul", ["r", "half"], ["h"]),
+        helper.make_node("Gemm", ["h", "w2"], ["y"], transB=0, alpha=2.0),
+    ]
+    model = load_user_model(_onnx_graph(tmp_path, nodes, {"w1": w1, "b1": b1, "w2": w2}, [2]))
+    x = torch.rand(5, 1, 2, 2)
+    flat = x.flatten(1).double().numpy()
+    expected = 2.0 * (0.5 * np.maximum(flat @ w1 + b1, 0)) @ w2
+    torch.testing.assert_close(model(x).double(), torch.from_numpy(expected), atol=1e-5, rtol=1e-5)
+    assert {type(m) for m in model.children()} == {nn.Linear}  # the bias Add went into the first Linear
+
+
+def test_onnx_op_without_a_spiking_equivalent_is_refused_by_name(tmp_path):
+    from onnx import helper
+
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"], name="squash"), helper.make_node("Flatten", ["s"], ["y"])]
+    with pytest.raises(UnsupportedModelError, match=r"node 'squash' \(Sigmoid\) of .*g\.onnx cannot be converted"):
+        load_user_model(_onnx_graph(tmp_path, nodes, {}, [4]))
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x00not onnx")
+    with pytest.raises(ValueError, match="cannot be read as an ONNX model"):
+        load_user_model(bad)

@@ -142,8 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("convert", "convert a trained model into a spiking network")
     p.add_argument(
         "--model", required=True,
-        help="checkpoint written by `spikeconv train`; or your own model: file.py:factory (with --weights) or a "
-        "torch.export program (.pt2)",
+        help="checkpoint written by `spikeconv train`; or your own model: file.py:factory (with --weights), a "
+        "torch.export program (.pt2) or an ONNX file (.onnx)",
     )  # fmt: skip
     p.add_argument(
         "--weights", default=None,
@@ -346,7 +346,7 @@ def _model_from_args(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any
     if not is_user_model(args.model):
         given = [flag for flag, value in own if value is not None]
         if given:
-            raise ValueError(f"{', '.join(given)} apply to your own model (file.py:factory, .pt2), not to "
+            raise ValueError(f"{', '.join(given)} apply to your own model (file.py:factory, .pt2, .onnx), not to "
                              f"{args.model}, a spikeconv checkpoint that knows its input")  # fmt: skip
         return load_model(Path(args.model))
     factory = ".py:" in args.model or args.model.endswith(".py")

@@ -5,6 +5,8 @@
 - a ``torch.export`` program (``.pt2``): its ATen graph is rebuilt from standard layers
   (``nn.Conv2d``, ``nn.Linear``, ``nn.BatchNorm``) and the functions the converter knows
   (:func:`from_exported_program`), so the same graph checks and errors apply;
+- an ONNX file (``.onnx``, needs the ``onnx`` package): its nodes are rebuilt the same way
+  (:func:`from_onnx`).
 
 :func:`with_normalization` puts a user's per-channel ``(x - mean) / std`` in front of a
 model as an inference-mode BatchNorm, which the converter turns into the first synapse's
@@ -17,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import operator
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,7 @@ from .files import load_torch
 __all__ = [
     "USER_MODEL_FORMAT",
     "from_exported_program",
+    "from_onnx",
     "is_user_model",
     "load_factory",
     "load_user_model",
@@ -38,20 +42,20 @@ __all__ = [
     "with_normalization",
 ]
 
-USER_MODEL_SUFFIXES = (".py", ".pt2")
+USER_MODEL_SUFFIXES = (".py", ".pt2", ".onnx")
 USER_MODEL_FORMAT = "spikeconv-user-model"  # the ANN record a converted-network file keeps for such a model
 
 
 def is_user_model(spec: str | Path) -> bool:
-    """Whether ``spec`` names a model from outside the zoo (``file.py:factory``, ``.pt2``)
-    rather than a spikeconv checkpoint."""
+    """Whether ``spec`` names a model from outside the zoo (``file.py:factory``, ``.pt2``,
+    ``.onnx``) rather than a spikeconv checkpoint."""
     text = str(spec)
     return ".py:" in text or Path(text).suffix.lower() in USER_MODEL_SUFFIXES
 
 
 def load_user_model(spec: str | Path, weights: str | Path | None = None) -> nn.Module:
     """The model ``spec`` names, in eval mode: ``file.py:factory`` (with ``weights``, a
-    state-dict file; ``None`` keeps the factory's own) or ``program.pt2``."""
+    state-dict file; ``None`` keeps the factory's own), ``program.pt2`` or ``model.onnx``."""
     text = str(spec)
     if ".py:" in text or text.endswith(".py"):
         model = load_factory(text)
@@ -69,7 +73,9 @@ def load_user_model(spec: str | Path, weights: str | Path | None = None) -> nn.M
         except Exception as error:  # torch raises many types for a foreign or damaged archive
             raise ValueError(f"{path} cannot be read as a torch.export program ({type(error).__name__}: {error})") from error
         return from_exported_program(program, source=str(path)).eval()
-    raise ValueError(f"{path}: expected file.py:factory or a .pt2 torch.export program")
+    if path.suffix.lower() == ".onnx":
+        return from_onnx(path).eval()
+    raise ValueError(f"{path}: expected file.py:factory, a .pt2 torch.export program or an .onnx file")
 
 
 # ----------------------------------------------------------------------------- Python factory
@@ -291,3 +297,206 @@ def _refuse(node: Any, source: str, what: str) -> UnsupportedModelError:
     trace = node.meta.get("stack_trace", "") if isinstance(node, fx.Node) else ""
     where = f" ({trace.strip().splitlines()[-2].strip()})" if trace and len(trace.strip().splitlines()) > 1 else ""
     return UnsupportedModelError(f"node {name!r} of {source}{where} {what}")
+
+
+# ----------------------------------------------------------------------------- ONNX
+
+
+def from_onnx(path: str | Path) -> fx.GraphModule:
+    """An ``nn.Module`` computing what the ONNX model at ``path`` computes, built like
+    :func:`from_exported_program`: Conv / Gemm / MatMul(+Add) / BatchNormalization become
+    ``nn`` layers named after their weights, the other supported ops torch functions, and
+    the shape arithmetic exporters emit for a flatten is read as one. Refuses, naming the
+    node, any op it cannot map."""
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError as error:
+        raise ImportError(f"reading {path} needs the onnx package: pip install 'spikeconv[onnx]'") from error
+    path = Path(path)
+    try:
+        proto = onnx.load(str(path))
+        proto = onnx.shape_inference.infer_shapes(proto)
+    except Exception as error:  # onnx raises its own types for a damaged or foreign file
+        raise ValueError(f"{path} cannot be read as an ONNX model ({type(error).__name__}: {error})") from error
+    return _OnnxImport(proto, numpy_helper, str(path)).build()
+
+
+class _OnnxImport:
+    def __init__(self, proto: Any, numpy_helper: Any, source: str) -> None:
+        self.graph_proto, self.source = proto.graph, source
+        self.constants: dict[str, Tensor] = {
+            init.name: torch.from_numpy(numpy_helper.to_array(init).copy()) for init in proto.graph.initializer
+        }
+        self.numpy_helper = numpy_helper
+        self.ranks: dict[str, int] = {}
+        for info in [*proto.graph.value_info, *proto.graph.input, *proto.graph.output]:
+            if info.type.tensor_type.HasField("shape"):
+                self.ranks[info.name] = len(info.type.tensor_type.shape.dim)
+        self.graph = fx.Graph()
+        self.layers: dict[str, nn.Module] = {}
+        self.env: dict[str, fx.Node] = {}
+        self.layer_of: dict[str, str] = {}  # output name -> the layer that produced it (for a following bias Add)
+        self.uses: dict[str, int] = {}
+        for node in proto.graph.node:
+            for name in node.input:
+                self.uses[name] = self.uses.get(name, 0) + 1
+
+    def refuse(self, node: Any, what: str) -> UnsupportedModelError:
+        return UnsupportedModelError(f"node {node.name or node.output[0]!r} ({node.op_type}) of {self.source} {what}")
+
+    def attrs(self, node: Any) -> dict[str, Any]:
+        import onnx
+
+        return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+    def build(self) -> fx.GraphModule:
+        inputs = [i for i in self.graph_proto.input if i.name not in self.constants]
+        if len(inputs) != 1:
+            raise UnsupportedModelError(f"{self.source} takes {len(inputs)} inputs; spikeconv converts models of one")
+        self.env[inputs[0].name] = self.graph.placeholder("x")
+        for node in self.graph_proto.node:
+            self.map(node)
+        outputs = list(self.graph_proto.output)
+        if len(outputs) != 1:
+            raise UnsupportedModelError(f"{self.source} returns {len(outputs)} outputs: return only the class scores")
+        self.graph.output(self.env[outputs[0].name])
+        module = fx.GraphModule(self.layers, self.graph, class_name="OnnxModel")  # type: ignore[arg-type]
+        dims = inputs[0].type.tensor_type.shape.dim
+        if len(dims) > 1 and all(d.HasField("dim_value") for d in dims[1:]):
+            module.meta["input_shape"] = tuple(int(d.dim_value) for d in dims[1:])
+        return module
+
+    def tensor_input(self, node: Any, k: int) -> fx.Node:
+        name = node.input[k]
+        if name not in self.env:
+            raise self.refuse(node, f"reads {name!r} as a signal, but it is a constant or unknown")
+        return self.env[name]
+
+    def constant(self, node: Any, k: int) -> Tensor | None:
+        if len(node.input) <= k or not node.input[k]:
+            return None
+        name = node.input[k]
+        if name not in self.constants:
+            raise self.refuse(node, f"takes {name!r} as a weight, but it is computed, not stored")
+        return self.constants[name]
+
+    def add_layer(self, node: Any, weight_name: str, layer: nn.Module, source: fx.Node) -> None:
+        base = weight_name.rsplit(".", 1)[0] if weight_name.endswith(".weight") else (node.name or node.output[0])
+        base = re.sub(r"\W", "_", base.strip("/").removesuffix("/Conv").removesuffix("/Gemm").replace("/", ".")).strip("_")
+        base = base.replace(".", "_") or "layer"
+        name, k = base, 1
+        while name in self.layers:
+            name, k = f"{base}_{k}", k + 1
+        self.layers[name] = layer
+        self.env[node.output[0]] = self.graph.call_module(name, (source,))
+        self.layer_of[node.output[0]] = name
+
+    def map(self, node: Any) -> None:
+        op, a, out = node.op_type, self.attrs(node), node.output[0]
+        call = self.graph.call_function
+        if op == "Constant":
+            self.constants[out] = torch.from_numpy(self.numpy_helper.to_array(a["value"]).copy())
+            return
+        if op == "Shape" or not any(i in self.env for i in node.input):
+            return  # arithmetic on shapes and constants (an exporter's flatten target): Reshape reads the result
+        if op == "Conv":
+            weight = self.constant(node, 1)
+            assert weight is not None
+            if weight.ndim != 4 or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+                raise self.refuse(node, "is not a 2-D convolution with explicit padding")
+            pads = list(a.get("pads", [0, 0, 0, 0]))
+            if pads[:2] != pads[2:]:
+                raise self.refuse(node, f"pads unequally ({pads}), which nn.Conv2d cannot")
+            bias = self.constant(node, 2)
+            groups = int(a.get("group", 1))
+            conv = nn.Conv2d(
+                weight.shape[1] * groups, weight.shape[0], (weight.shape[2], weight.shape[3]), stride=tuple(a.get("strides", [1, 1])),
+                padding=tuple(pads[:2]), dilation=tuple(a.get("dilations", [1, 1])), groups=groups, bias=bias is not None,
+                dtype=weight.dtype,
+            )  # fmt: skip
+            conv.load_state_dict({"weight": weight} | ({"bias": bias} if bias is not None else {}))
+            self.add_layer(node, node.input[1], conv, self.tensor_input(node, 0))
+        elif op in ("Gemm", "MatMul"):
+            weight = self.constant(node, 1)
+            assert weight is not None
+            if op == "Gemm":
+                if a.get("transA", 0):
+                    raise self.refuse(node, "transposes its input (transA)")
+                weight = weight * a.get("alpha", 1.0)
+                weight = weight if a.get("transB", 0) else weight.T
+                bias = self.constant(node, 2)
+                bias = None if bias is None else bias * a.get("beta", 1.0)
+            else:
+                weight, bias = weight.T, None
+            linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype)
+            linear.load_state_dict({"weight": weight.contiguous()} | ({"bias": bias.expand(weight.shape[0]).clone()} if bias is not None else {}))
+            self.add_layer(node, node.input[1], linear, self.tensor_input(node, 0))
+        elif op == "Add" and any(i in self.constants for i in node.input):
+            signal = next(i for i in node.input if i not in self.constants)
+            bias = self.constants[next(i for i in node.input if i in self.constants)]
+            layer = self.layers.get(self.layer_of.get(signal, ""))
+            if not isinstance(layer, (nn.Linear, nn.Conv2d)) or self.uses.get(signal, 0) != 1:
+                raise self.refuse(node, "adds a constant that is not the bias of the layer before it")
+            shape = (-1,)
+            current = layer.bias if layer.bias is not None else torch.zeros(layer.weight.shape[0], dtype=layer.weight.dtype)
+            layer.bias = nn.Parameter(current.detach() + bias.reshape(shape).to(current.dtype).expand_as(current))
+            self.env[out] = self.env[signal]
+            self.layer_of[out] = self.layer_of[signal]
+        elif op == "Add":
+            self.env[out] = call(operator.add, (self.tensor_input(node, 0), self.tensor_input(node, 1)))
+        elif op == "Mul":
+            signal = [i for i in node.input if i in self.env]
+            factor = [self.constants[i] for i in node.input if i in self.constants]
+            if len(signal) != 1 or len(factor) != 1 or factor[0].numel() != 1:
+                raise self.refuse(node, "multiplies by something other than one constant number")
+            self.env[out] = call(operator.mul, (self.env[signal[0]], float(factor[0])))
+        elif op == "BatchNormalization":
+            scale, bias, mean, var = (self.constant(node, k) for k in range(1, 5))
+            assert scale is not None and bias is not None and mean is not None and var is not None
+            rank = self.ranks.get(node.input[0], 4)
+            bn = (nn.BatchNorm2d if rank == 4 else nn.BatchNorm1d)(len(mean), eps=float(a.get("epsilon", 1e-5)), dtype=mean.dtype)
+            bn.load_state_dict({"weight": scale, "bias": bias, "running_mean": mean, "running_var": var}, strict=False)
+            self.add_layer(node, node.input[3], bn.eval(), self.tensor_input(node, 0))
+        elif op == "Relu":
+            self.env[out] = call(F.relu, (self.tensor_input(node, 0),))
+        elif op in ("MaxPool", "AveragePool"):
+            kernel = tuple(a["kernel_shape"])
+            pads = list(a.get("pads", [0, 0, 0, 0]))
+            if pads[:2] != pads[2:] or len(kernel) != 2:
+                raise self.refuse(node, f"is not a 2-D pool with equal padding (pads {pads})")
+            stride = tuple(a.get("strides", kernel))
+            x = self.tensor_input(node, 0)
+            ceil = bool(a.get("ceil_mode", 0))
+            if op == "MaxPool":
+                dilation = tuple(a.get("dilations", [1, 1]))
+                self.env[out] = call(F.max_pool2d, (x, kernel, stride, tuple(pads[:2]), dilation, ceil))
+            else:  # ONNX counts padding in the average only when asked (count_include_pad = 1)
+                include = bool(a.get("count_include_pad", 0))
+                self.env[out] = call(F.avg_pool2d, (x, kernel, stride, tuple(pads[:2]), ceil, include))
+        elif op == "GlobalAveragePool":
+            self.env[out] = call(F.adaptive_avg_pool2d, (self.tensor_input(node, 0), 1))
+        elif op == "ReduceMean":
+            axes = a.get("axes")
+            if axes is None and len(node.input) > 1:
+                axes = self.constant(node, 1).tolist()  # type: ignore[union-attr]
+            self.env[out] = call(torch.mean, (self.tensor_input(node, 0), list(axes or [])), {"keepdim": bool(a.get("keepdims", 1))})
+        elif op == "Flatten":
+            if int(a.get("axis", 1)) != 1:
+                raise self.refuse(node, f"flattens from axis {a.get('axis')}; only axis 1 (all but the batch) converts")
+            self.env[out] = call(torch.flatten, (self.tensor_input(node, 0), 1))
+        elif op == "Reshape":
+            if self.ranks.get(out) != 2:
+                raise self.refuse(node, "reshapes other than a flatten of all but the batch dimension")
+            self.env[out] = call(torch.flatten, (self.tensor_input(node, 0), 1))
+        elif op == "Concat":
+            if int(a.get("axis", 0)) != 1:
+                raise self.refuse(node, f"concatenates along axis {a.get('axis')}; only channels (axis 1) convert")
+            self.env[out] = call(torch.cat, ([self.tensor_input(node, k) for k in range(len(node.input))], 1))
+        elif op in ("Dropout", "Identity"):
+            self.env[out] = self.tensor_input(node, 0)
+        elif op in ("Softmax", "LogSoftmax"):
+            function = F.softmax if op == "Softmax" else F.log_softmax
+            self.env[out] = call(function, (self.tensor_input(node, 0), int(a.get("axis", -1))))
+        else:
+            raise self.refuse(node, "cannot be converted to spiking neurons")
