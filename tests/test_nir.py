@@ -181,3 +181,50 @@ def test_cli_exports_a_converted_file(tmp_path, digits_model, capsys):
     assert main(["export", str(snn_path), "--nir", str(out), "--quiet"]) == 2
     assert "--subtract-reset as_zero" in capsys.readouterr().err
     assert main(["export", str(snn_path), "--nir", str(out), "--subtract-reset", "as_zero", "--quiet"]) == 0
+
+
+def _graph(nodes: dict, edges: list) -> object:
+    return nir.NIRGraph(nodes={"input": nir.Input({"input": np.array([2])}), **nodes, "output": nir.Output({"output": np.array([2])})},
+                        edges=edges, type_check=False)  # fmt: skip
+
+
+def test_every_import_refusal_names_the_node():
+    ones, zeros = np.ones(2, np.float32), np.zeros(2, np.float32)
+    fc = nir.Affine(np.eye(2, dtype=np.float32), zeros)
+    chain = [("input", "fc"), ("fc", "n"), ("n", "output")]
+    with pytest.raises(NIRExportError, match="node 'n' resets to 0.5"):
+        from_nir(_graph({"fc": fc, "n": nir.IF(r=ones, v_threshold=ones, v_reset=np.full(2, 0.5, np.float32))}, chain))
+    with pytest.raises(NIRExportError, match="cycle"):
+        from_nir(_graph({"fc": fc, "n": nir.IF(r=ones, v_threshold=ones, v_reset=zeros), "back": nir.Affine(np.eye(2), zeros)},
+                        [*chain, ("n", "back"), ("back", "fc")]))  # fmt: skip
+    with pytest.raises(NIRExportError, match="node 'i' is an integrator"):
+        from_nir(_graph({"fc": fc, "i": nir.I(r=ones), "fc2": nir.Affine(np.eye(2), zeros), "n": nir.IF(r=ones, v_threshold=ones)},
+                        [("input", "fc"), ("fc", "i"), ("i", "fc2"), ("fc2", "n"), ("n", "output")]))  # fmt: skip
+    flat = nir.Flatten({"input": np.array([1, 2])}, start_dim=1, end_dim=-1)
+    with pytest.raises(NIRExportError, match="node 'flat' flattens dims 1..-1"):
+        from_nir(_graph({"flat": flat, "fc": fc, "n": nir.IF(r=ones, v_threshold=ones)},
+                        [("input", "flat"), ("flat", "fc"), ("fc", "n"), ("n", "output")]))  # fmt: skip
+    with pytest.raises(NIRExportError, match="Output node must be fed by one layer of IF neurons"):
+        from_nir(_graph({"fc": fc}, [("input", "fc"), ("fc", "output")]))
+    with pytest.raises(NIRExportError, match="threshold <= 0"):
+        from_nir(_graph({"fc": fc, "n": nir.IF(r=ones, v_threshold=-ones)}, chain))
+
+
+def test_concatenation_and_unusual_pools_are_refused_on_export():
+    class Branches(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(1, 2, 3, padding=1)
+            self.fc = nn.Linear(4 * 64, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], 1).flatten(1))
+
+    images = grid_images(6)
+    snn = spikeconv.convert(Branches().double().eval(), images, rule="maxnorm", reset="zero", v_min=None)
+    with pytest.raises(NIRExportError, match="concatenates channels"):
+        to_nir(snn)
+    ceil = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.AvgPool2d(4, ceil_mode=True), nn.Flatten(), nn.Linear(8, 3))
+    snn = spikeconv.convert(ceil.double().eval(), images, rule="maxnorm", reset="zero", v_min=None)
+    with pytest.raises(NIRExportError, match="ceil_mode"):
+        to_nir(snn)
