@@ -77,30 +77,27 @@ def train_quickly(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: in
 # ----------------------------------------------------------------------------- clients: simulate a NIR graph
 
 
-def run_norse(graph: Any, x: torch.Tensor) -> torch.Tensor:
-    import norse.torch as norse
-
-    module = norse.from_nir(graph, dt=1.0)
-    # Norse maps NIR's Flatten(start_dim=0) to torch's Flatten(0): it runs one unbatched sample at a time
-    trains = []
-    for image in x:
-        state, steps = None, []
-        for _ in range(T):
-            out, state = module(image, state)
-            steps.append(out)
-        trains.append(torch.stack(steps))
-    return torch.stack(trains, 1)
-
-
-def run_spikingjelly(graph: Any, x: torch.Tensor) -> torch.Tensor:
-    from spikingjelly.activation_based.nir_exchange.from_nir import import_from_nir
-
-    module = import_from_nir(graph, dt=1.0)  # r = 1 / dt
+def stateful_steps(module: Any, x: torch.Tensor) -> torch.Tensor:
+    """T steps of a module called as ``out, state = module(x, state)`` (nirtorch's executors)."""
     state, steps = None, []
     for _ in range(T):
         out, state = module(x, state)
         steps.append(out)
     return torch.stack(steps)
+
+
+def run_norse(graph: Any, x: torch.Tensor) -> torch.Tensor:
+    import norse.torch as norse
+
+    module = norse.from_nir(graph, dt=1.0)
+    # Norse maps NIR's Flatten(start_dim=0) to torch's Flatten(0): it runs one unbatched sample at a time
+    return torch.stack([stateful_steps(module, image) for image in x], 1)
+
+
+def run_spikingjelly(graph: Any, x: torch.Tensor) -> torch.Tensor:
+    from spikingjelly.activation_based.nir_exchange.from_nir import import_from_nir
+
+    return stateful_steps(import_from_nir(graph, dt=1.0), x)  # r = 1 / dt
 
 
 def run_snntorch(graph: Any, x: torch.Tensor) -> torch.Tensor:
@@ -109,11 +106,7 @@ def run_snntorch(graph: Any, x: torch.Tensor) -> torch.Tensor:
 
     module = import_from_nir(graph)
     snntorch.utils.reset(module)
-    state, steps = None, []
-    for _ in range(T):
-        out, state = module(x, state)
-        steps.append(out)
-    return torch.stack(steps)
+    return stateful_steps(module, x)
 
 
 def run_sinabs(graph: Any, x: torch.Tensor) -> torch.Tensor:
@@ -180,11 +173,7 @@ def norse_export(x: torch.Tensor) -> tuple[Any, torch.Tensor]:
             p.copy_(grid(p * 2))
     flat = x.flatten(1)
     graph = norse.to_nir(net, flat[:1], dt=1.0)
-    state, steps = None, []
-    for _ in range(T):
-        out, state = net(flat, state)
-        steps.append(out)
-    return graph, torch.stack(steps).detach()
+    return graph, stateful_steps(net, flat).detach()
 
 
 def sinabs_export(x: torch.Tensor) -> tuple[Any, torch.Tensor]:
