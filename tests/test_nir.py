@@ -228,3 +228,26 @@ def test_concatenation_and_unusual_pools_are_refused_on_export():
     snn = spikeconv.convert(ceil.double().eval(), images, rule="maxnorm", reset="zero", v_min=None)
     with pytest.raises(NIRExportError, match="ceil_mode"):
         to_nir(snn)
+
+
+def test_sum_pool_round_trips():
+    """A SumPool2d (an average pool with divisor 1) is imported and written back as one."""
+    ones = np.ones(8, np.float32)
+    graph = nir.NIRGraph(
+        nodes={
+            "input": nir.Input({"input": np.array([2, 4, 4])}),
+            "pool": nir.SumPool2d(kernel_size=np.array([2, 2]), stride=np.array([2, 2]), padding=np.array([0, 0])),
+            "flat": nir.Flatten({"input": np.array([2, 2, 2])}, start_dim=0, end_dim=-1),
+            "n": nir.IF(r=ones, v_threshold=np.full(8, 1.5, np.float32), v_reset=np.zeros(8, np.float32)),
+            "output": nir.Output({"output": np.array([8])}),
+        },
+        edges=[("input", "pool"), ("pool", "flat"), ("flat", "n"), ("n", "output")],
+        type_check=False,
+    )
+    snn = from_nir(graph)
+    x = torch.round(torch.rand(5, 2, 4, 4) * 64) / 64
+    sums = torch.nn.functional.avg_pool2d(x, 2, divisor_override=1).flatten(1)
+    assert torch.equal(snn(x.unsqueeze(0))[0], (sums > 1.5).float())  # one step: fires where the window's sum > 1.5
+    again = to_nir(snn)
+    assert sum(isinstance(n, nir.SumPool2d) for n in again.nodes.values()) == 1
+    _assert_same_spikes(snn, from_nir(again), x, T=6)

@@ -2,7 +2,7 @@
 that Loihi, SpiNNaker2, Speck and the PyTorch SNN libraries read.
 
 ``to_nir(snn)`` maps each stage's synapse to NIR nodes (Conv2d, Affine/Linear, AvgPool2d,
-Flatten, Scale; a per-channel affine becomes a depthwise 1x1 Conv2d; an addition becomes
+SumPool2d, Flatten, Scale; a per-channel affine becomes a depthwise 1x1 Conv2d; an addition becomes
 several edges into one node, which NIR sums) and its neurons to ``IF`` nodes (``r = 1``,
 one time step = ``dt = 1``). ``from_nir(graph)`` does the inverse for any graph made of
 those nodes. Semantic differences are handled explicitly, never silently:
@@ -230,12 +230,14 @@ class _SynapseExport:
         return [name], tuple(out.shape[1:])
 
     def avg_pool(self, stage: SpikingStage, kernel: Any, stride: Any, padding: Any, layer: nn.AvgPool2d) -> Any:
-        pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)
-        if layer.ceil_mode or layer.divisor_override is not None or (not layer.count_include_pad and any(pair(padding))):
+        window = {"kernel_size": np.array(_pair(kernel)), "stride": np.array(_pair(stride or kernel)),
+                  "padding": np.array(_pair(padding))}  # fmt: skip
+        if layer.divisor_override == 1 and not layer.ceil_mode:  # the window's sum
+            return self.nir.SumPool2d(**window)
+        if layer.ceil_mode or layer.divisor_override is not None or (not layer.count_include_pad and any(_pair(padding))):
             raise NIRExportError(f"layer {stage.name!r}: NIR's AvgPool2d has no ceil_mode, divisor_override or "
                                  "count_include_pad=False")  # fmt: skip
-        return self.nir.AvgPool2d(kernel_size=np.array(pair(kernel)), stride=np.array(pair(stride or kernel)),
-                                  padding=np.array(pair(padding)))  # fmt: skip
+        return self.nir.AvgPool2d(**window)
 
 
 def _array(t: Tensor) -> Any:
