@@ -25,6 +25,7 @@ from .experiments.yang_report import REPORTS
 from .graph import ConversionError, trace
 from .io import fingerprint, write_json, write_text
 from .io.export import SUBTRACT_RESETS, read_nir_graph, write_nir
+from .io.report import write_report
 from .io.snn_file import load, network_to_dict, save
 from .io.user_models import USER_MODEL_FORMAT, is_user_model, load_user_model, with_normalization
 from .metrics import ann_operations, conversion_loss, rate_correlation
@@ -252,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="NIR has no reset by subtraction: refuse such a network, or write reset to zero (as_zero) and record "
         "the approximation in each IF node",
     )  # fmt: skip
+
+    p = command("report", "one self-contained HTML page of a run directory's tables and plots")
+    p.add_argument("run_dir", type=Path, help="a folder of results: experiment --out-dir, evaluate's JSON, benchmarks")
+    p.add_argument("--out", type=Path, default=None, help="the HTML file (default: RUN_DIR/report.html)")
 
     p = command("demo", "train on the embedded 8x8 digits, convert with maxnorm and nscaling, simulate, plot")
     p.add_argument("--out-dir", type=Path, default=Path("demo_out"), help="where the model, JSON, table and plot go")
@@ -625,6 +630,11 @@ def _cmd_export(args: argparse.Namespace) -> None:
     print(f"{args.snn} -> {args.nir}: {len(graph.nodes)} nodes, {len(graph.edges)} edges{note}")
 
 
+def _cmd_report(args: argparse.Namespace) -> None:
+    out = write_report(args.run_dir, args.out)
+    print(f"{args.run_dir} -> {out} ({out.stat().st_size / 1e6:.1f} MB, self-contained)")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     record = run_demo(
         args.out_dir, epochs=args.epochs, T=args.T, coding=args.coding, seed=args.seed, progress=args.progress,
@@ -636,7 +646,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 COMMANDS = {
     "train": _cmd_train, "convert": _cmd_convert, "evaluate": _cmd_evaluate, "experiment": _cmd_experiment,
-    "export": _cmd_export, "demo": _cmd_demo,
+    "export": _cmd_export, "report": _cmd_report, "demo": _cmd_demo,
 }  # fmt: skip
 
 if __name__ == "__main__":
