@@ -57,8 +57,24 @@ def networks() -> dict[str, Callable[[], nn.Module]]:
             nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
             nn.AvgPool2d(2), nn.Flatten(), nn.Linear(64, 10),
         ),
+        "residual block (two edges into one node)": lambda: _Residual(),
         "MLP (flatten, affine)": lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)),
     }  # fmt: skip
+
+
+class _Residual(nn.Module):
+    """conv, then a block whose output adds the block's input (identity shortcut)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv0 = nn.Conv2d(1, 8, 3, stride=2, padding=1)
+        self.conv1 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv0(x))
+        y = torch.relu(self.conv1(y) + y)
+        return self.fc(y.flatten(1))
 
 
 def train_quickly(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 40) -> nn.Module:
