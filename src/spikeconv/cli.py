@@ -25,6 +25,7 @@ from .experiments.yang_report import REPORTS
 from .graph import ConversionError, trace
 from .io import fingerprint, write_json, write_text
 from .io.export import SUBTRACT_RESETS, read_nir_graph, write_nir
+from .io.nmnist import SaccadeOptions, make_event_dataset
 from .io.report import write_report
 from .io.snn_file import load, network_to_dict, save
 from .io.user_models import USER_MODEL_FORMAT, is_user_model, load_user_model, with_normalization
@@ -253,6 +254,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="NIR has no reset by subtraction: refuse such a network, or write reset to zero (as_zero) and record "
         "the approximation in each IF node",
     )  # fmt: skip
+
+    p = command(
+        "make-events",
+        "simulate an N-MNIST-format event dataset from MNIST (three saccades, log-intensity change events)",
+    )
+    p.add_argument("--data-root", type=Path, required=True, help="folder holding MNIST/raw/*.gz")
+    p.add_argument("--out", type=Path, required=True, help="dataset folder: OUT/{Train,Test}/<digit>/*.bin")
+    p.add_argument("--train-size", type=_positive_int, default=None, help="a seeded subset of the training images")
+    p.add_argument("--test-size", type=_positive_int, default=None, help="a seeded subset of the test images")
+    p.add_argument("--contrast", type=float, default=0.5, help="log-intensity change per event")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subsets and of the event times")
 
     p = command("report", "one self-contained HTML page of a run directory's tables and plots")
     p.add_argument("run_dir", type=Path, help="a folder of results: experiment --out-dir, evaluate's JSON, benchmarks")
@@ -630,6 +642,17 @@ def _cmd_export(args: argparse.Namespace) -> None:
     print(f"{args.snn} -> {args.nir}: {len(graph.nodes)} nodes, {len(graph.edges)} edges{note}")
 
 
+def _cmd_make_events(args: argparse.Namespace) -> None:
+    if not args.contrast > 0:
+        raise ValueError(f"--contrast must be positive, got {args.contrast}")
+    options = SaccadeOptions(contrast=args.contrast)
+    for split, size in (("train", args.train_size), ("test", args.test_size)):
+        data = load_dataset("mnist", split, args.data_root).subset(size, seed=args.seed)
+        images, labels = data.tensors()
+        events = make_event_dataset(images, labels, args.out, split, options, seed=args.seed)
+        print(f"{split}: {len(data)} images -> {args.out} ({events} new events; simulated, not recorded)")
+
+
 def _cmd_report(args: argparse.Namespace) -> None:
     out = write_report(args.run_dir, args.out)
     print(f"{args.run_dir} -> {out} ({out.stat().st_size / 1e6:.1f} MB, self-contained)")
@@ -646,7 +669,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 COMMANDS = {
     "train": _cmd_train, "convert": _cmd_convert, "evaluate": _cmd_evaluate, "experiment": _cmd_experiment,
-    "export": _cmd_export, "report": _cmd_report, "demo": _cmd_demo,
+    "export": _cmd_export, "make-events": _cmd_make_events, "report": _cmd_report, "demo": _cmd_demo,
 }  # fmt: skip
 
 if __name__ == "__main__":
