@@ -137,7 +137,7 @@ def _shifted(image: np.ndarray, dx: float, dy: float) -> np.ndarray:
     (dx, dy) from the top-left, bilinear."""
     size = image.shape[0]
     canvas = np.zeros((SENSOR + 1, SENSOR + 1))
-    ix, iy = int(math.floor(dx)), int(math.floor(dy))
+    ix, iy = math.floor(dx), math.floor(dy)
     fx, fy = dx - ix, dy - iy
     for oy, wy in ((0, 1 - fy), (1, fy)):
         for ox, wx in ((0, 1 - fx), (1, fx)):
@@ -154,7 +154,7 @@ def saccade_events(image: Tensor | np.ndarray, options: SaccadeOptions | None = 
     if array.shape[0] != array.shape[1] or array.shape[0] + 2 * options.amplitude > SENSOR:
         raise ValueError(f"image must be square and fit the {SENSOR}-pixel sensor with its motion, got {array.shape}")
     rng = np.random.default_rng(seed)
-    steps = int(round(3 * options.saccade_ms * 1000 / options.step_us))
+    steps = round(3 * options.saccade_ms * 1000 / options.step_us)
     t_ms = np.arange(steps + 1) * options.step_us / 1000.0
     xs, ys = _path(t_ms, options)
     level = np.log(options.background + _shifted(array, xs[0], ys[0]))  # each pixel's level at its last event
