@@ -42,6 +42,22 @@ def test_forty_bit_layout_and_round_trip(tmp_path):
         write_events(tmp_path / "x.bin", _events([(34, 0, 0, 0)]))
 
 
+def test_overflow_markers_advance_later_timestamps(tmp_path):
+    marker = bytes([0, 240, 0, 0, 0])  # y = 240: the timestamp overflowed
+    (tmp_path / "o.bin").write_bytes(bytes([1, 2, 0x80, 0, 5]) + marker + bytes([3, 4, 0, 0, 6]))
+    events = read_events(tmp_path / "o.bin")
+    assert events["t"].tolist() == [5, 6 + 2**13] and events["x"].tolist() == [1, 3]
+
+
+def test_tonic_reads_our_files_as_our_reader_does(tmp_path):
+    tonic = pytest.importorskip("tonic")  # optional: benchmarks/interop/setup.sh installs it
+    events = saccade_events(_digit(), seed=3)
+    write_events(tmp_path / "d.bin", events)
+    theirs = tonic.io.read_mnist_file(str(tmp_path / "d.bin"), dtype=tonic.datasets.NMNIST.dtype)
+    for field in "xytp":
+        assert np.array_equal(theirs[field].astype(np.int64), events[field].astype(np.int64)), field
+
+
 def test_truncated_and_foreign_files_are_refused(tmp_path):
     write_events(tmp_path / "ok.bin", _events([(1, 2, 0, 7), (3, 4, 1, 9)]))
     (tmp_path / "cut.bin").write_bytes((tmp_path / "ok.bin").read_bytes()[:7])

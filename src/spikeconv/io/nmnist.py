@@ -3,8 +3,8 @@ makes such data from still images.
 
 **Format.** One ``.bin`` file per sample, ``Train/<digit>/*.bin`` and ``Test/<digit>/*.bin``;
 each event is 40 bits, big-endian: byte 0 the x address, byte 1 the y address, then one
-bit of polarity (1 = ON, brighter) and a 23-bit timestamp in microseconds. The sensor is
-34 x 34 pixels. :func:`read_events` / :func:`write_events` read and write one file;
+bit of polarity (1 = ON, brighter) and a 23-bit timestamp in microseconds; an event with
+y = 240 marks a timestamp overflow, as in Orchard's reference reader. The sensor is 34 x 34 pixels. :func:`read_events` / :func:`write_events` read and write one file;
 :func:`events_to_frames` bins events into count images ``[bins, 2, 34, 34]`` (channel 0
 OFF, channel 1 ON), what an ANN trains on.
 
@@ -41,6 +41,7 @@ __all__ = [
 
 SENSOR = 34  # pixels on a side
 _MAX_TIME = 2**23 - 1  # microseconds a timestamp can hold
+_OVERFLOW_Y, _OVERFLOW_US = 240, 2**13
 EVENT_DTYPE = np.dtype([("x", np.uint8), ("y", np.uint8), ("p", np.uint8), ("t", np.uint32)])
 
 
@@ -78,10 +79,16 @@ def read_events(path: str | Path) -> np.ndarray:
             "(copy it again) or not in N-MNIST's format"
         )
     raw = data.reshape(-1, 5).astype(np.uint32)
+    t = (raw[:, 2] & 0x7F) << 16 | raw[:, 3] << 8 | raw[:, 4]
+    # y = 240 marks a timestamp overflow (Orchard's reference reader): later times gain 2^13 us
+    overflow = raw[:, 1] == _OVERFLOW_Y
+    if overflow.any():
+        t = t + np.cumsum(overflow).astype(np.uint32) * _OVERFLOW_US
+        raw, t = raw[~overflow], t[~overflow]
     events = np.empty(len(raw), dtype=EVENT_DTYPE)
     events["x"], events["y"] = raw[:, 0], raw[:, 1]
     events["p"] = raw[:, 2] >> 7
-    events["t"] = (raw[:, 2] & 0x7F) << 16 | raw[:, 3] << 8 | raw[:, 4]
+    events["t"] = t
     if len(events) and (events["x"].max() >= SENSOR or events["y"].max() >= SENSOR):
         raise ValueError(
             f"{path} has addresses up to ({events['x'].max()}, {events['y'].max()}), beyond N-MNIST's "
