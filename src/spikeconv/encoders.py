@@ -5,6 +5,9 @@
   usual "Poisson" rate code, Yang eq. 7), drawn from a seeded generator.
 * ``deterministic``: an integrate-and-fire encoder whose spike count after t steps is
   exactly floor(t * intensity).
+* ``events``: the input is already a sequence, ``[B, T_in, ...]`` per batch (e.g. an event
+  camera's counts per pixel and time bin, :func:`spikeconv.io.nmnist.events_to_frames`):
+  step t feeds ``x[:, t - 1]`` as it is, and nothing after ``T_in`` steps.
 
 An encoder hands out time chunks ``[steps, B, ...]``. The random draws are made one step at
 a time in order, so a simulator asking for one step at a time and one asking for a chunk
@@ -18,21 +21,29 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-__all__ = ["Coding", "CODINGS", "encode"]
+__all__ = ["CODINGS", "EVENTS", "INPUT_CODINGS", "Coding", "encode"]
 
-Coding = Literal["constant", "poisson", "deterministic"]
-CODINGS: tuple[str, ...] = ("constant", "poisson", "deterministic")
+Coding = Literal["constant", "poisson", "deterministic", "events"]
+CODINGS: tuple[str, ...] = ("constant", "poisson", "deterministic")  # of images
+EVENTS = "events"  # input that carries its own time axis
+INPUT_CODINGS: tuple[str, ...] = (*CODINGS, EVENTS)
 
 
 def check_coding(coding: str) -> None:
-    if coding not in CODINGS:
-        raise ValueError(f"coding must be one of {CODINGS}, got {coding!r}")
+    if coding not in INPUT_CODINGS:
+        raise ValueError(f"coding must be one of {INPUT_CODINGS}, got {coding!r}")
 
 
 def encode(x: Tensor, coding: str, start: int, stop: int, generator: torch.Generator | None) -> Tensor:
-    """Input of steps ``start+1 .. stop`` (1-based time) as ``[stop - start, *x.shape]``."""
+    """Input of steps ``start+1 .. stop`` (1-based time) as ``[stop - start, *x.shape]``
+    (for ``events``: ``[stop - start, B, *x.shape[2:]]``)."""
     check_coding(coding)
     steps = stop - start
+    if coding == EVENTS:
+        chunk = x[:, start:stop].transpose(0, 1)
+        if len(chunk) < steps:  # the recording has ended
+            chunk = torch.cat([chunk, chunk.new_zeros(steps - len(chunk), *chunk.shape[1:])])
+        return chunk
     if coding == "constant":
         return x.unsqueeze(0).expand(steps, *x.shape)
     if coding == "poisson":

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from . import _kernel
-from .encoders import CODINGS, encode
+from .encoders import EVENTS, INPUT_CODINGS, encode
 from .events import EventSynapse, event_synapses
 from .fixedpoint import FixedPoint, quantize_network
 from .inputs import (
@@ -216,7 +216,9 @@ def simulate(
     ``data``: a tensor of images in [0, 1], an ``(images, labels)`` pair, an
     :class:`~spikeconv.data.ImageDataset`, or an iterable of ``(x, y)`` batches.
     ``coding``: ``constant``, ``poisson`` or ``deterministic`` (see
-    :mod:`spikeconv.encoders`); ``seed`` seeds the Poisson draws. ``device`` moves the
+    :mod:`spikeconv.encoders`), or ``events``: then each data item is a sequence
+    ``[T_in, *input_shape]`` of counts (e.g. an event camera's, binned) fed one entry per
+    step. ``seed`` seeds the Poisson draws. ``device`` moves the
     network there. ``record_counts`` keeps each neuron's spike count, ``record_trains``
     every spike (small runs only). ``memory_bytes`` bounds the activations of one time
     chunk of the fast path; a batch whose single step needs more than
@@ -247,8 +249,8 @@ def simulate(
     for name, bits in (("fixed_point_bits", fixed_point_bits), ("integer_bits", integer_bits)):
         if bits is not None and (not is_integer(bits) or bits < 0):
             raise ValueError(f"{name} must be a non-negative integer or None, got {bits!r}")
-    if coding not in CODINGS:
-        raise ValueError(f"coding must be one of {CODINGS}, got {coding!r}")
+    if coding not in INPUT_CODINGS:
+        raise ValueError(f"coding must be one of {INPUT_CODINGS}, got {coding!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not isinstance(snn, SpikingNetwork):
@@ -275,7 +277,9 @@ def simulate(
     records: list[_BatchRecord] = []
     labels: list[Tensor] = []
     numels: list[int] | None = None
-    batches = iter_batches(data, batch_size=batch_size, input_shape=snn.input_shape, what="simulate data")
+    sequence = coding == EVENTS  # each item is [T_in, *input_shape]
+    shape = None if sequence else snn.input_shape
+    batches = iter_batches(data, batch_size=batch_size, input_shape=shape, what="simulate data")
     calibrated = snn.info.stats.input_range if snn.info is not None else None
     checked = _DataChecks(coding, calibrated)
     total = len(data) if hasattr(data, "__len__") and not isinstance(data, tuple) else None
@@ -284,8 +288,10 @@ def simulate(
     with torch.inference_mode():
         for x, y in batches:
             x = x.to(device=device, dtype=snn.dtype)
+            if sequence:
+                _check_sequence(x, snn.input_shape, checked.seen)
             if numels is None:
-                shapes = [tuple(a.shape[1:]) for a in snn.analog_forward(x[:1])]
+                shapes = [tuple(a.shape[1:]) for a in snn.analog_forward(x[:1, 0] if sequence else x[:1])]
                 numels = [math.prod(shape) for shape in shapes]
                 use_events = event_driven and method == "fast"
                 events = _event_synapses(snn, shapes, device) if use_events else {}
@@ -345,6 +351,19 @@ def _synops_per_layer(records: list[_BatchRecord], stages: list[SpikingStage]) -
     return {s.name: float(totals[j]) for j, s in enumerate(stages) if s.gate is None}
 
 
+def _check_sequence(x: Tensor, input_shape: tuple[int, ...], seen: int) -> None:
+    """Event input: ``[B, T_in, *input_shape]`` of non-negative counts."""
+    if x.ndim != 2 + len(input_shape) or tuple(x.shape[2:]) != tuple(input_shape):
+        raise ValueError(
+            f"simulate data: coding 'events' takes sequences [batch, steps, {', '.join(map(str, input_shape))}] "
+            f"(the network's input per step), got a batch of shape {tuple(x.shape)}"
+        )
+    low = float(x.min()) if x.numel() else 0.0
+    if low < 0:
+        raise ValueError(f"simulate data: event counts of images {seen}..{seen + len(x) - 1} go down to {low}; "
+                         "events are counts >= 0 per pixel and step")  # fmt: skip
+
+
 class _DataChecks:
     """What a batch of simulated data must satisfy beyond its shape (checked in
     :func:`spikeconv.inputs.iter_batches`): labels that are classes of the network; values a
@@ -361,9 +380,9 @@ class _DataChecks:
     def __call__(self, x: Tensor, y: Tensor | None, classes: int) -> None:
         if y is not None:
             check_labels(y, classes, "simulate data", self.seen)
-        if self.coding != "constant":
+        if self.coding not in ("constant", EVENTS):
             check_coding_range(x, self.coding, "simulate data", self.seen)
-        elif self.calibrated is not None and not self.warned:
+        elif self.coding == "constant" and self.calibrated is not None and not self.warned:
             low, high = value_range(x)
             if outside(low, high, self.calibrated):
                 self.warned = True
