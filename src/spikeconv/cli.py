@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +19,14 @@ from .activations import ACTIVATIONS
 from .calibrate import calibrate
 from .calibration import CALIBRATIONS, calibrate_snn
 from .convert import build_snn
-from .data import DATASETS, DatasetNotFoundError, ImageDataset, load_dataset, load_image_folder
+from .data import (
+    DATASETS,
+    DatasetNotFoundError,
+    ImageDataset,
+    load_dataset,
+    load_image_folder,
+)
+from .distributed import simulate_distributed
 from .encoders import CODINGS
 from .experiments import run_demo, yang
 from .experiments.yang_report import REPORTS
@@ -28,14 +36,19 @@ from .io.export import SUBTRACT_RESETS, read_nir_graph, write_nir
 from .io.nmnist import SaccadeOptions, make_event_dataset
 from .io.report import write_report
 from .io.snn_file import load, network_to_dict, save
-from .io.user_models import USER_MODEL_FORMAT, is_user_model, load_user_model, with_normalization
+from .io.user_models import (
+    USER_MODEL_FORMAT,
+    is_user_model,
+    load_user_model,
+    with_normalization,
+)
 from .metrics import ann_operations, conversion_loss, rate_correlation
 from .models import ZOO
 from .network import READOUTS, SpikingNetwork
 from .neurons import RATE_ESTIMATES, RESETS
 from .plotting import plot_accuracy
 from .rules import BASES, RULES
-from .simulate import simulate
+from .simulate import SEEDINGS, simulate
 from .training import TrainOptions, evaluate_ann, load_model, model_from_record, train
 
 __all__ = ["build_parser", "main"]
@@ -210,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-size", type=_positive_int, default=None, help="a seeded subset of the test set")
     p.add_argument("--steps", type=_steps, default=None, help="steps to print, each <= T, e.g. 10,20,50,100")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cpu)")
+    p.add_argument(
+        "--seeding", choices=SEEDINGS, default="per_batch",
+        help="Poisson draws: per_batch (batch k seeded by (seed, k): the same under torchrun with any number of "
+        "processes) or stream (one stream for the run, as simulate() by default)",
+    )  # fmt: skip
     p.add_argument(
         "--correlation-images", type=_positive_int, default=100,
         help="images for the per-layer correlation of firing rate with the normalized ANN activation",
@@ -478,6 +496,24 @@ def _cmd_convert(args: argparse.Namespace) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     if args.steps and max(args.steps) > args.T:
         raise ValueError(f"--steps {max(args.steps)} is beyond -T {args.T}: simulate longer or ask for steps <= T")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: the test set is split over the processes
+        import torch.distributed as dist
+
+        if args.seeding != "per_batch":
+            raise ValueError("--seeding stream cannot be split over processes: use --seeding per_batch (the default)")
+        dist.init_process_group("nccl" if str(args.device or "cpu").startswith("cuda") else "gloo")
+        try:
+            _evaluate(args, simulate_distributed, quiet=dist.get_rank() != 0)
+        finally:
+            dist.destroy_process_group()
+        return
+    _evaluate(args, simulate, quiet=False)
+
+
+def _evaluate(args: argparse.Namespace, run: Any, quiet: bool) -> None:
+    """The evaluation itself: ``run`` is ``simulate`` or ``simulate_distributed``; a
+    ``quiet`` process (a rank other than 0) prints and writes nothing."""
+    say = (lambda *a, **k: None) if quiet else print
     results: dict[str, Any] = {"T": args.T, "coding": args.coding, "seed": args.seed, "networks": {}}
     curves = {}
     ann_accuracy = None
@@ -491,13 +527,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         )
         entry: dict[str, Any] = {"dataset": name}
         if ann is not None and ann.get("format") == USER_MODEL_FORMAT:
-            print(f"{path}: converted from {ann['arch']}; its ANN accuracy is not computed here (spikeconv does not "
-                  "import code a file names)")  # fmt: skip
+            say(f"{path}: converted from {ann['arch']}; its ANN accuracy is not computed here (spikeconv does not "
+                "import code a file names)")  # fmt: skip
         elif ann is not None:
             ann_accuracy = entry["ann_accuracy"] = evaluate_ann(model_from_record(ann), test)
-        result = simulate(
+        result = run(
             snn, test, T=args.T, coding=args.coding, seed=args.seed, batch_size=args.batch_size,
-            device=args.device, progress=args.progress, record_synops=True,
+            device=args.device, progress=args.progress and not quiet, record_synops=True, seeding=args.seeding,
         )  # fmt: skip
         entry.update(result.to_dict())
         entry["ann_macs_per_image"] = ann_operations(snn)["total"]
@@ -513,15 +549,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         steps = args.steps or sorted({s for s in (10, 20, 50, 100, 200, 500, 1000) if s < args.T} | {args.T})
         shown = ", ".join(f"T={s}: {result.accuracy_at(s):.2f} %" for s in steps)
         ann_text = f"ANN {ann_accuracy:.2f} %, " if ann_accuracy is not None else ""
-        print(f"{label} ({len(test)} images): {ann_text}{shown}")
-        print(
+        say(f"{label} ({len(test)} images): {ann_text}{shown}")
+        say(
             f"  latency {result.latency():d} steps (within ±{result.latency_margin:.2f} pp of the final accuracy), "
             f"{entry['spikes_per_image']:.0f} spikes/image, {entry['synops_per_image']:.3g} synaptic operations/image "
             f"({entry['synops_per_image'] / entry['ann_macs_per_image']:.2f} x the ANN's {entry['ann_macs_per_image']:.3g} "
             "multiply-adds)"
         )
         correlations = ", ".join(f"{k}: {v['correlation']:.3f}" for k, v in entry["rate_correlation"].items())
-        print(f"  rate-activation correlation per layer ({len(sample)} images): {correlations}")
+        say(f"  rate-activation correlation per layer ({len(sample)} images): {correlations}")
+    if quiet:
+        return
     if args.out:
         write_json(args.out, results)
         print(f"results -> {args.out}")

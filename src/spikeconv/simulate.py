@@ -59,6 +59,7 @@ _PENDING_ELEMENTS = 2**16
 # times memory_bytes (64 MiB by default).
 SUB_BATCH_FACTOR = 4
 _SOFTMAX_SEED_OFFSET = 0x5F3759DF  # the softmax readout draws from its own stream, so both simulators agree
+SEEDINGS: tuple[str, ...] = ("stream", "per_batch")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -210,6 +211,8 @@ def simulate(
     integer_bits: int | None = None,
     event_driven: bool = True,
     record_synops: bool = False,
+    seeding: str = "stream",
+    first_batch: int = 0,
 ) -> SimulationResult:
     """Simulate ``snn`` on ``data`` for ``T`` steps.
 
@@ -238,7 +241,13 @@ def simulate(
     ``record_synops``: count synaptic operations, each spike (and each non-zero analog input
     value per step) times its fan-out (:func:`spikeconv.metrics.synaptic_fanouts`), per
     receiving layer, per image and per step; compare with
-    :func:`spikeconv.metrics.ann_operations`."""
+    :func:`spikeconv.metrics.ann_operations`.
+
+    ``seeding`` (Poisson input, softmax readout): ``stream``, one random stream for the whole
+    run, batch after batch; or ``per_batch``, batch ``k`` (counted from ``first_batch``)
+    draws from its own stream seeded by ``(seed, k)``, so any split of the data into whole
+    batches of ``batch_size`` (processes, machines: :mod:`spikeconv.distributed`) draws the
+    same spikes as one run."""
     if not is_integer(T) or T <= 0:
         raise ValueError(f"T (number of time steps) must be a positive integer, got {T!r}")
     for name, value, low in (("batch_size", batch_size, 1), ("memory_bytes", memory_bytes, 1), ("seed", seed, 0)):
@@ -249,6 +258,10 @@ def simulate(
     for name, bits in (("fixed_point_bits", fixed_point_bits), ("integer_bits", integer_bits)):
         if bits is not None and (not is_integer(bits) or bits < 0):
             raise ValueError(f"{name} must be a non-negative integer or None, got {bits!r}")
+    if seeding not in SEEDINGS:
+        raise ValueError(f"seeding must be one of {SEEDINGS}, got {seeding!r}")
+    if not is_integer(first_batch) or first_batch < 0:
+        raise ValueError(f"first_batch must be an integer >= 0, got {first_batch!r}")
     if coding not in INPUT_CODINGS:
         raise ValueError(f"coding must be one of {INPUT_CODINGS}, got {coding!r}")
     if method not in METHODS:
@@ -286,7 +299,11 @@ def simulate(
     bar = tqdm(total=total, unit="img", desc=f"simulate T={T}", disable=not progress)
     events: dict[int, EventSynapse] | None = None
     with torch.inference_mode():
-        for x, y in batches:
+        for k, (x, y) in enumerate(batches):
+            if seeding == "per_batch":
+                batch_seed = _batch_seed(seed, first_batch + k)
+                generator = torch.Generator(device=device).manual_seed(batch_seed)
+                softmax_generator = torch.Generator(device=device).manual_seed(batch_seed + _SOFTMAX_SEED_OFFSET)
             x = x.to(device=device, dtype=snn.dtype)
             if sequence:
                 _check_sequence(x, snn.input_shape, checked.seen)
@@ -362,6 +379,15 @@ def _check_sequence(x: Tensor, input_shape: tuple[int, ...], seen: int) -> None:
     if low < 0:
         raise ValueError(f"simulate data: event counts of images {seen}..{seen + len(x) - 1} go down to {low}; "
                          "events are counts >= 0 per pixel and step")  # fmt: skip
+
+
+def _batch_seed(seed: int, batch: int) -> int:
+    """The seed of batch ``batch``'s random stream: a hash of both (64-bit mix), below
+    2**62 so that the softmax offset keeps it in range."""
+    z = (seed * 0x9E3779B97F4A7C15 + batch * 0xBF58476D1CE4E5B9 + 1) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) >> 2
 
 
 class _DataChecks:
