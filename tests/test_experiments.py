@@ -126,3 +126,24 @@ def test_cli_experiment_reads_a_converted_network_file(tmp_path, digits_model, c
     assert "--snn applies to the fixed-point and noise experiments" in capsys.readouterr().err
     assert main(["experiment", "noise", *common]) == 2
     assert "pass --model" in capsys.readouterr().err
+
+
+def test_noise_with_poisson_input_clips_like_a_bernoulli_draw_of_the_noisy_value():
+    """AWGN pushes pixels outside [0, 1]; Poisson coding refuses such input, so the noise
+    experiment clips it: the same spikes as u < x for the unclipped x (never below 0,
+    always above 1), and the experiment runs with its default, Poisson, input."""
+    from spikeconv.encoders import encode
+    from spikeconv.noise import awgn
+
+    model, traced, stats, test = _setup(20)
+    images = test.tensors()[0].double()
+    noisy = awgn(images, 10.0, torch.Generator().manual_seed(0))
+    assert float(noisy.min()) < 0 and float(noisy.max()) > 1
+    clipped = yang.spike_input(noisy, "poisson")
+    draws = encode(clipped, "poisson", 0, 5, torch.Generator().manual_seed(1))
+    u = torch.stack([torch.rand(noisy.shape, generator=g, dtype=noisy.dtype) for g in [torch.Generator().manual_seed(1)] for _ in range(5)])
+    assert torch.equal(draws, (u < noisy).to(draws.dtype))
+    assert torch.equal(yang.spike_input(noisy, "constant"), noisy)
+    snn = spikeconv.build_snn(traced, stats, "maxnorm", reset="zero")
+    record = yang.noise_robustness(model, snn, test, T=10, coding="poisson", repeats=1, snr_db=(10,), densities=(0.1,))
+    assert 0 <= record["awgn"]["10"]["snn_mean"] <= 100

@@ -284,6 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--contrast", type=float, default=0.5, help="log-intensity change per event")
     p.add_argument("--seed", type=int, default=0, help="seed of the subsets and of the event times")
 
+    p = command("sweep", "a grid of conversions and simulations from a TOML file; cached, resumable; JSON, markdown, plot")
+    p.add_argument("config", type=Path, help="the sweep's TOML file (see spikeconv.experiments.sweep)")
+    p.add_argument("--out-dir", type=Path, default=Path("sweep_out"), help="where points/, sweep.json/.md/.png go")
+    p.add_argument("--workers", type=_positive_int, default=1, help="local processes running points at once")
+    p.add_argument("--engine", choices=("local", "ray"), default="local", help="run points in local processes or on Ray")
+
     p = command("report", "one self-contained HTML page of a run directory's tables and plots")
     p.add_argument("run_dir", type=Path, help="a folder of results: experiment --out-dir, evaluate's JSON, benchmarks")
     p.add_argument("--out", type=Path, default=None, help="the HTML file (default: RUN_DIR/report.html)")
@@ -691,6 +697,14 @@ def _cmd_make_events(args: argparse.Namespace) -> None:
         print(f"{split}: {len(data)} images -> {args.out} ({events} new events; simulated, not recorded)")
 
 
+def _cmd_sweep(args: argparse.Namespace) -> None:
+    from .experiments.sweep import load_config, run_sweep
+
+    config = load_config(args.config)
+    record = run_sweep(config, args.out_dir, workers=args.workers, engine=args.engine)
+    print(f"{record['points']} points ({record['computed_now']} computed now) -> {args.out_dir / 'sweep.md'}")
+
+
 def _cmd_report(args: argparse.Namespace) -> None:
     out = write_report(args.run_dir, args.out)
     print(f"{args.run_dir} -> {out} ({out.stat().st_size / 1e6:.1f} MB, self-contained)")
@@ -707,7 +721,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 COMMANDS = {
     "train": _cmd_train, "convert": _cmd_convert, "evaluate": _cmd_evaluate, "experiment": _cmd_experiment,
-    "export": _cmd_export, "make-events": _cmd_make_events, "report": _cmd_report, "demo": _cmd_demo,
+    "export": _cmd_export, "make-events": _cmd_make_events, "sweep": _cmd_sweep, "report": _cmd_report, "demo": _cmd_demo,
 }  # fmt: skip
 
 if __name__ == "__main__":

@@ -33,10 +33,11 @@ __all__ = [
     "PAPER",
     "activation_statistics",
     "approximation_error",
-    "sweep_n",
     "fixed_point",
     "noise_robustness",
     "spike_comparison",
+    "spike_input",
+    "sweep_n",
 ]
 
 Save = Callable[[dict[str, Any]], None]
@@ -267,12 +268,20 @@ def noise_robustness(
             noisy = awgn(images, level, generator) if kind == "awgn" else salt_and_pepper(images, level, generator)
             distorted = ImageDataset(images=noisy, labels=labels, name=f"{test.name}-{kind}", classes=test.classes)
             ann.append(evaluate_ann(model, distorted))
-            snn_acc.append(
-                simulate(snn, (noisy, labels), T=T, coding=coding, seed=seed + r, batch_size=batch_size).final_accuracy
-            )
+            spikes_in = spike_input(noisy, coding)
+            result = simulate(snn, (spikes_in, labels), T=T, coding=coding, seed=seed + r, batch_size=batch_size)
+            snn_acc.append(result.final_accuracy)
         record[kind][key] = _spread(ann, snn_acc)
         save(record)
     return record
+
+
+def spike_input(noisy: Tensor, coding: str) -> Tensor:
+    """A noisy image as a spike coding reads it: intensities clipped to [0, 1], so a pixel
+    pushed below 0 never fires and one above 1 fires every step (the spikes of a Bernoulli
+    draw ``u < x`` with ``u`` in [0, 1) for the unclipped value). Analog input takes the
+    values as they are."""
+    return noisy if coding == "constant" else noisy.clamp(0.0, 1.0)
 
 
 def _spread(ann: list[float], snn: list[float]) -> dict[str, Any]:

@@ -33,7 +33,9 @@ from ..neurons import GateParams, IFParams
 from ..rules import LayerMapping, Mapping
 from .files import load_torch, save_torch
 
-__all__ = ["SNN_FORMAT", "SNN_VERSION", "load", "network_from_dict", "network_to_dict", "save"]
+__all__ = [
+    "SNN_FORMAT", "SNN_VERSION", "from_plain_data", "load", "network_from_dict", "network_to_dict", "save", "to_plain_data",
+]
 
 SNN_FORMAT = "spikeconv-snn"
 SNN_VERSION = 2  # 1: the pickled module of spikeconv 0.1 (needed weights_only=False)
@@ -72,7 +74,7 @@ def save(snn: SpikingNetwork, path: str | Path, *, ann: dict[str, Any] | None = 
         raise TypeError(f"save() takes a SpikingNetwork from spikeconv.convert(), not {type(snn).__name__}")
     payload = {"format": SNN_FORMAT, "version": SNN_VERSION, "network": network_to_dict(snn)}
     if ann is not None:
-        payload["ann"] = _plain(ann, "ann")
+        payload["ann"] = to_plain_data(ann, "ann")
     save_torch(path, payload)
 
 
@@ -110,7 +112,7 @@ def network_to_dict(snn: SpikingNetwork) -> dict[str, Any]:
         "softmax_rate": snn.softmax_rate,
         "softmax_seed": snn.softmax_seed,
         "stages": [_stage_to_dict(stage) for stage in snn.spiking_stages],
-        "info": None if snn.info is None else _plain(snn.info, "info"),
+        "info": None if snn.info is None else to_plain_data(snn.info, "info"),
     }
 
 
@@ -121,7 +123,7 @@ def network_from_dict(data: dict[str, Any]) -> SpikingNetwork:
         stages,
         input_shape=tuple(data["input_shape"]),
         readout=data["readout"],
-        info=None if data["info"] is None else _rebuild(data["info"]),
+        info=None if data["info"] is None else from_plain_data(data["info"]),
         softmax_rate=data["softmax_rate"],
     )
     snn.softmax_seed = int(data["softmax_seed"])
@@ -133,8 +135,8 @@ def _stage_to_dict(stage: SpikingStage) -> dict[str, Any]:
         "name": stage.name,
         "is_output": stage.is_output,
         "sources": None if stage.sources is None else list(stage.sources),
-        "neuron": _plain(stage.neuron, f"{stage.name}.neuron"),
-        "gate": None if stage.gate is None else _plain(stage.gate, f"{stage.name}.gate"),
+        "neuron": to_plain_data(stage.neuron, f"{stage.name}.neuron"),
+        "gate": None if stage.gate is None else to_plain_data(stage.gate, f"{stage.name}.gate"),
         "synapse": _synapse_to_dict(stage.name, stage.synapse),
     }
 
@@ -143,10 +145,10 @@ def _stage_from_dict(entry: dict[str, Any]) -> SpikingStage:
     return SpikingStage(
         entry["name"],
         _synapse_from_dict(entry["synapse"]),
-        _rebuild(entry["neuron"]),
+        from_plain_data(entry["neuron"]),
         is_output=bool(entry["is_output"]),
         sources=None if entry["sources"] is None else tuple(entry["sources"]),
-        gate=None if entry["gate"] is None else _rebuild(entry["gate"]),
+        gate=None if entry["gate"] is None else from_plain_data(entry["gate"]),
     )
 
 
@@ -202,7 +204,7 @@ def _layer_to_dict(stage: str, module: nn.Module) -> dict[str, Any]:
             f"{', '.join(_LAYERS)})"
         )
     _, settings, tensors = _LAYERS[kind]
-    entry: dict[str, Any] = {"type": kind, "settings": {k: _plain(getattr(module, k), k) for k in settings}}
+    entry: dict[str, Any] = {"type": kind, "settings": {k: to_plain_data(getattr(module, k), k) for k in settings}}
     entry["tensors"] = {k: None if getattr(module, k) is None else getattr(module, k).detach().cpu().clone() for k in tensors}
     return entry
 
@@ -229,7 +231,7 @@ def _layer_from_dict(entry: dict[str, Any]) -> nn.Module:
 # ----------------------------------------------------------------------------- plain data
 
 
-def _plain(value: Any, where: str) -> Any:
+def to_plain_data(value: Any, where: str) -> Any:
     """``value`` as data ``torch.load(weights_only=True)`` reads: records become dicts
     tagged with their class name; anything else that is not plain is refused."""
     if value is None or isinstance(value, (bool, int, float, str)):
@@ -237,26 +239,26 @@ def _plain(value: Any, where: str) -> Any:
     if isinstance(value, Tensor):
         return value.detach().cpu().clone()
     if isinstance(value, (list, tuple)):
-        items = [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        items = [to_plain_data(v, f"{where}[{i}]") for i, v in enumerate(value)]
         return items if isinstance(value, list) else tuple(items)
     if isinstance(value, dict):
         if not all(isinstance(k, str) for k in value):
             raise TypeError(f"{where}: only string keys can be saved, got {list(value)}")
-        return {k: _plain(v, f"{where}.{k}") for k, v in value.items()}
+        return {k: to_plain_data(v, f"{where}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(value) and type(value).__name__ in _RECORDS:
-        fields = {f.name: _plain(getattr(value, f.name), f"{where}.{f.name}") for f in dataclasses.fields(value)}
+        fields = {f.name: to_plain_data(getattr(value, f.name), f"{where}.{f.name}") for f in dataclasses.fields(value)}
         return {"__record__": type(value).__name__, **fields}
     raise TypeError(f"{where}: cannot save a {type(value).__name__} in a converted-network file")
 
 
-def _rebuild(value: Any) -> Any:
+def from_plain_data(value: Any) -> Any:
     """The inverse of :func:`_plain`."""
     if isinstance(value, list):
-        return [_rebuild(v) for v in value]
+        return [from_plain_data(v) for v in value]
     if isinstance(value, tuple):
-        return tuple(_rebuild(v) for v in value)
+        return tuple(from_plain_data(v) for v in value)
     if isinstance(value, dict):
-        fields = {k: _rebuild(v) for k, v in value.items() if k != "__record__"}
+        fields = {k: from_plain_data(v) for k, v in value.items() if k != "__record__"}
         if "__record__" not in value:
             return fields
         cls = _RECORDS.get(value["__record__"])
