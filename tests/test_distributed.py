@@ -108,7 +108,7 @@ def test_cli_evaluate_under_torchrun_equals_one_process(tmp_path, digits_model):
     assert main([*args, "--out", str(tmp_path / "one.json")]) == 0
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "spikeconv.cli", *args, "--out", str(tmp_path / "two.json")]  # fmt: skip
-    run = subprocess.run(command, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"), check=False)
     assert run.returncode == 0, run.stderr[-2000:]
     one = json.loads((tmp_path / "one.json").read_text())["networks"]["d.snn"]
     two = json.loads((tmp_path / "two.json").read_text())["networks"]["d.snn"]
