@@ -186,6 +186,7 @@ def _prepare(config: SweepConfig, out: Path) -> dict[str, dict[str, Any]]:
             save_torch(stats_path, to_plain_data(calibrate(traced, calibration.tensors()[0], max_images=None), "stats"))
         shared[model_path] = {
             "key": key, "stats": str(stats_path), "dataset": name, "ann_accuracy": evaluate_ann(model, test),
+            "activation": record.get("options", {}).get("activation", "relu"),
         }  # fmt: skip
     return shared
 
@@ -256,8 +257,10 @@ def _write_table(config: SweepConfig, out: Path, shared: dict[str, dict[str, Any
     for point in config.points():
         key = _point_key(config, point, shared)
         stored = json.loads((out / "points" / f"{key}.json").read_text())
-        rows.append({"point": point, "ann_accuracy": shared[point["model"]]["ann_accuracy"], **stored["result"]})
-    varying = [k for k in ("model", *GRID_KEYS) if len({json.dumps(r["point"].get(k)) for r in rows}) > 1]
+        model = shared[point["model"]]
+        rows.append({"point": point | {"activation": model["activation"]}, "ann_accuracy": model["ann_accuracy"],
+                     **stored["result"]})  # fmt: skip
+    varying = [k for k in ("model", "activation", *GRID_KEYS) if len({json.dumps(r["point"].get(k)) for r in rows}) > 1]
     record = {
         "config": {k: v for k, v in config.__dict__.items() if k != "grid"} | {"grid": {k: list(v) for k, v in config.grid.items()}},
         "points": len(rows), "computed_now": computed, "varying": varying,
