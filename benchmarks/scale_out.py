@@ -64,10 +64,14 @@ def evaluation(data_root: str, work: Path, images: int, T: int) -> dict[str, Any
     runs: dict[str, dict[str, Any]] = {}
     for label, processes, threads in (("1 process, 1 thread", 1, 1), ("2 processes, 1 thread each", 2, 1),
                                       ("1 process, 2 threads", 0, 2)):  # fmt: skip
-        out = work / f"eval-{processes}-{threads}.json"
-        seconds = min(cli(*common, "--out", str(out), processes=processes, threads=threads) for _ in range(2))
-        entry = json.loads(out.read_text())["networks"]["yang-cifar10.snn"]
-        runs[label] = {"seconds": seconds, "final_accuracy": entry["final_accuracy"], "entry": entry}
+        tries = []
+        for attempt in range(2):  # the best of two, with that run's own simulation time
+            out = work / f"eval-{processes}-{threads}-{attempt}.json"
+            seconds = cli(*common, "--out", str(out), processes=processes, threads=threads)
+            tries.append((seconds, json.loads(out.read_text())["networks"]["yang-cifar10.snn"]))
+        seconds, entry = min(tries, key=lambda t: t[0])
+        runs[label] = {"seconds": seconds, "simulation_seconds": entry["wall_time_s"],
+                       "final_accuracy": entry["final_accuracy"], "entry": entry}  # fmt: skip
     reference = runs["1 process, 1 thread"]["entry"]
 
     def same(entry: dict[str, Any]) -> bool:
@@ -139,18 +143,21 @@ def report(results: dict[str, Any]) -> str:
         ("Command: `benchmarks/interop/.venv/bin/python benchmarks/scale_out.py --data-root ../shared/datasets` "
          "(nothing else running)."), "",
         f"## Evaluation: {e['net']}, {e['images']} CIFAR-10 (JPEG) test images, T = {e['T']}, {e['coding']} input", "",
-        "| run | wall time (s, best of 2) | speed-up | final accuracy | identical to 1 process |", "|---|---:|---:|---:|---|",
+        ("| run | wall time (s, best of 2) | speed-up | simulation (s, slowest process) | speed-up | final accuracy | "
+         "identical to 1 process |"), "|---|---:|---:|---:|---:|---:|---|",
     ]  # fmt: skip
     base = e["runs"]["1 process, 1 thread"]["seconds"]
+    base_sim = e["runs"]["1 process, 1 thread"]["simulation_seconds"]
     for label, run in e["runs"].items():
         if run["identical_to_1_process"]:
             verdict = "yes"
         else:
             worst = ", ".join(f"{k} {v:.1e}" if v is not None else k for k, v in run["differing"].items())
             verdict = f"no: differ (largest relative difference) {worst}"
-        lines.append(f"| {label} | {run['seconds']:.1f} | {base / run['seconds']:.2f}x | {run['final_accuracy']:.2f} % | "
-                     f"{verdict} |")  # fmt: skip
-    lines += ["", ("Wall times include starting the processes and loading the test images. The torchrun runs use "
+        lines.append(f"| {label} | {run['seconds']:.1f} | {base / run['seconds']:.2f}x | {run['simulation_seconds']:.1f} | "
+                     f"{base_sim / run['simulation_seconds']:.2f}x | {run['final_accuracy']:.2f} % | {verdict} |")  # fmt: skip
+    lines += ["", ("Wall times include starting the processes and loading the test images (every process decodes "
+                   "the CIFAR-10 test JPEGs); the simulation column is evaluate's own simulation time. The torchrun runs use "
                    "one thread per process and are compared at equal threads; one process with two threads lets "
                    "torch split each convolution over the threads, summing the float weights in another order, and "
                    "the fields that then differ are listed with their largest relative difference."), "",

@@ -65,7 +65,6 @@ def test_any_number_of_processes_gives_the_one_process_result(tmp_path, world):
     """Poisson input and the softmax readout included: each batch draws from its own
     stream, seeded by (seed, batch index)."""
     out = tmp_path / "merged.pt"
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     mp.spawn(_worker, args=(world, str(tmp_path / "store"), str(out)), nprocs=world, join=True)
     merged = torch.load(out, weights_only=False)
     snn, data = _network_and_data()
@@ -105,7 +104,11 @@ def test_cli_evaluate_under_torchrun_equals_one_process(tmp_path, digits_model):
                  "--out", str(snn_path), "--quiet"]) == 0  # fmt: skip
     args = ["evaluate", "--snn", str(snn_path), "-T", "15", "--test-size", "70", "--coding", "poisson",
             "--batch-size", "16", "--quiet", "--threads", "1"]  # fmt: skip
-    assert main([*args, "--out", str(tmp_path / "one.json")]) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert main([*args, "--out", str(tmp_path / "one.json")]) == 0
+    finally:
+        torch.set_num_threads(threads)  # --threads 1 set it for this whole test process
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "spikeconv.cli", *args, "--out", str(tmp_path / "two.json")]  # fmt: skip
     run = subprocess.run(command, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"), check=False)

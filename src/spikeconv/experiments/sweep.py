@@ -160,8 +160,12 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, workers: int = 1, eng
         with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             list(pool.map(_run_point_job, jobs))
     else:
-        for job in jobs:
-            _run_point_job(job)
+        threads = torch.get_num_threads()
+        try:
+            for job in jobs:
+                _run_point_job(job)
+        finally:
+            torch.set_num_threads(threads)  # the caller's setting back
     return _write_table(config, out, shared, computed=len(jobs))
 
 
@@ -193,7 +197,9 @@ def _prepare(config: SweepConfig, out: Path) -> dict[str, dict[str, Any]]:
 
 def _run_point_job(job: tuple[SweepConfig, dict[str, Any], str, str, str]) -> None:
     config, point, key, stats_path, out = job
-    torch.set_num_threads(1)  # one point per process: processes, not threads, share the cores
+    # one thread per point, in any engine: processes, not threads, share the cores, and the
+    # float sums (so the spikes) are the same whichever engine ran the point
+    torch.set_num_threads(1)
     result = run_point(config, point, stats_path)
     write_json(Path(out) / "points" / f"{key}.json", {"point": point, "result": result})
 
