@@ -32,12 +32,13 @@ from .experiments import run_demo, yang
 from .experiments.yang_report import REPORTS
 from .graph import ConversionError, trace
 from .io import fingerprint, write_json, write_text
-from .io.export import SUBTRACT_RESETS, read_nir_graph, write_nir
+from .io.export import SUBTRACT_RESETS, write_nir
 from .io.nmnist import SaccadeOptions, make_event_dataset
 from .io.report import write_report
 from .io.snn_file import load, network_to_dict, save
 from .io.user_models import (
     USER_MODEL_FORMAT,
+    is_factory,
     is_user_model,
     load_user_model,
     with_normalization,
@@ -390,8 +391,7 @@ def _model_from_args(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any
             raise ValueError(f"{', '.join(given)} apply to your own model (file.py:factory, .pt2, .onnx), not to "
                              f"{args.model}, a spikeconv checkpoint that knows its input")  # fmt: skip
         return load_model(Path(args.model))
-    factory = ".py:" in args.model or args.model.endswith(".py")
-    if factory and args.weights is None:
+    if is_factory(args.model) and args.weights is None:
         raise ValueError(f"{args.model} builds a model: pass --weights STATE_DICT (or --weights none when the "
                          "factory loads its weights itself)")  # fmt: skip
     weights = None if args.weights in (None, "none") else args.weights
@@ -678,8 +678,7 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
 
 def _cmd_export(args: argparse.Namespace) -> None:
     snn = load(args.snn)
-    write_nir(snn, args.nir, subtract_reset=args.subtract_reset)
-    graph = read_nir_graph(args.nir)
+    graph = write_nir(snn, args.nir, subtract_reset=args.subtract_reset)
     note = " (reset by subtraction written as reset to zero)" if any(
         s.neuron.reset == "subtract" for s in snn.spiking_stages
     ) else ""

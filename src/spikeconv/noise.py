@@ -7,7 +7,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["awgn", "salt_and_pepper", "measured_snr_db"]
+__all__ = ["NOISE_KINDS", "awgn", "distort", "measured_snr_db", "salt_and_pepper"]
+
+NOISE_KINDS: tuple[str, ...] = ("awgn", "salt_and_pepper")
 
 
 def awgn(images: Tensor, snr_db: float, generator: torch.Generator | None = None) -> Tensor:
@@ -40,6 +42,16 @@ def salt_and_pepper(images: Tensor, density: float, generator: torch.Generator |
     salt = torch.rand((n, 1, h, w), generator=generator, device=images.device) < 0.5
     value = salt.to(images.dtype).expand_as(images)
     return torch.where(hit.expand_as(images), value, images)
+
+
+def distort(images: Tensor, kind: str, level: float, generator: torch.Generator | None = None) -> Tensor:
+    """``images`` with noise ``kind``: ``awgn`` at ``level`` dB SNR or ``salt_and_pepper``
+    at density ``level``."""
+    if kind == "awgn":
+        return awgn(images, level, generator)
+    if kind == "salt_and_pepper":
+        return salt_and_pepper(images, level, generator)
+    raise ValueError(f"noise kind must be one of {NOISE_KINDS}, got {kind!r}")
 
 
 def measured_snr_db(clean: Tensor, noisy: Tensor) -> Tensor:

@@ -44,12 +44,12 @@ import torch
 
 from ..calibrate import calibrate
 from ..convert import build_snn
-from ..data import load_dataset
+from ..data import ImageDataset, load_dataset
 from ..graph import trace
 from ..io import fingerprint, load_torch, save_torch, write_json, write_text
 from ..io.snn_file import from_plain_data, to_plain_data
 from ..models import ZOO
-from ..noise import awgn, salt_and_pepper
+from ..noise import NOISE_KINDS, distort
 from ..rules import RULES
 from ..simulate import simulate
 from ..training import evaluate_ann, load_model
@@ -130,7 +130,7 @@ def _noise_spec(text: str) -> tuple[str, float]:
     if text == "none":
         return "none", 0.0
     kind, _, level = text.partition(":")
-    if kind not in ("awgn", "salt_and_pepper") or not level:
+    if kind not in NOISE_KINDS or not level:
         raise ValueError(f"noise {text!r}: write none, awgn:<SNR dB> or salt_and_pepper:<density>")
     return kind, float(level)
 
@@ -180,9 +180,9 @@ def _prepare(config: SweepConfig, out: Path) -> dict[str, dict[str, Any]]:
     shared = {}
     for model_path in config.models:
         model, record = load_model(model_path)
-        name = config.dataset or ZOO[record["arch"]].dataset
+        name = _dataset(config, record)
         calibration = load_dataset(name, "train", config.data_root).subset(config.calibration_size, seed=config.seed)
-        test = load_dataset(name, "test", config.data_root).subset(config.test_size, seed=config.seed)
+        test = _test_set(config, name)
         key = fingerprint([record["arch"], record["state_dict"], name, calibration.images, test.images])
         stats_path = out / "stats" / f"{key}.pt"
         if not stats_path.exists():
@@ -193,6 +193,15 @@ def _prepare(config: SweepConfig, out: Path) -> dict[str, dict[str, Any]]:
             "activation": record.get("options", {}).get("activation", "relu"),
         }  # fmt: skip
     return shared
+
+
+def _dataset(config: SweepConfig, record: dict[str, Any]) -> str:
+    return config.dataset or ZOO[record["arch"]].dataset
+
+
+def _test_set(config: SweepConfig, name: str) -> ImageDataset:
+    """The sweep's test images: the same seeded subset for every point."""
+    return load_dataset(name, "test", config.data_root).subset(config.test_size, seed=config.seed)
 
 
 def _run_point_job(job: tuple[SweepConfig, dict[str, Any], str, str, str]) -> None:
@@ -207,15 +216,10 @@ def _run_point_job(job: tuple[SweepConfig, dict[str, Any], str, str, str]) -> No
 def run_point(config: SweepConfig, point: dict[str, Any], stats_path: str) -> dict[str, Any]:
     """Convert and simulate one point; what the table shows of it."""
     model, record = load_model(point["model"])
-    name = config.dataset or ZOO[record["arch"]].dataset
-    test = load_dataset(name, "test", config.data_root).subset(config.test_size, seed=config.seed)
-    images, labels = test.tensors()
+    images, labels = _test_set(config, _dataset(config, record)).tensors()
     kind, level = _noise_spec(point.get("noise", "none"))
-    generator = torch.Generator().manual_seed(config.seed)
-    if kind == "awgn":
-        images = awgn(images, level, generator=generator)
-    elif kind == "salt_and_pepper":
-        images = salt_and_pepper(images, level, generator=generator)
+    if kind != "none":
+        images = distort(images, kind, level, torch.Generator().manual_seed(config.seed))
     traced = trace(model, tuple(record["input_shape"]))
     stats = from_plain_data(load_torch(stats_path, "statistics"))
     options = {k: point[k] for k in ("n", "p") if k in point}

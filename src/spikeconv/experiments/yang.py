@@ -24,7 +24,7 @@ from ..convert import build_snn
 from ..data import ImageDataset
 from ..graph import TracedNetwork
 from ..network import SpikingNetwork
-from ..noise import awgn, salt_and_pepper
+from ..noise import distort
 from ..rules import map_scales
 from ..simulate import SimulationResult, simulate
 from ..training import evaluate_ann
@@ -265,7 +265,7 @@ def noise_robustness(
         ann, snn_acc = [], []
         for r in range(repeats):
             generator = torch.Generator().manual_seed(seed * 1000 + r)
-            noisy = awgn(images, level, generator) if kind == "awgn" else salt_and_pepper(images, level, generator)
+            noisy = distort(images, kind, level, generator)
             distorted = ImageDataset(images=noisy, labels=labels, name=f"{test.name}-{kind}", classes=test.classes)
             ann.append(evaluate_ann(model, distorted))
             spikes_in = spike_input(noisy, coding)

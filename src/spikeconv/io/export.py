@@ -33,6 +33,7 @@ from torch import Tensor, fx, nn
 from ..graph import Add, Cat, ChannelAffine, ConversionError, Flatten, Scale
 from ..network import SpikingNetwork, SpikingStage
 from ..neurons import IFParams
+from .files import write_with
 
 __all__ = ["SUBTRACT_RESETS", "NIRExportError", "from_nir", "read_nir", "read_nir_graph", "to_nir", "write_nir"]
 
@@ -86,22 +87,11 @@ def to_nir(snn: SpikingNetwork, *, subtract_reset: str = "refuse") -> Any:
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata={"producer": "spikeconv", "dt": 1.0})
 
 
-def write_nir(snn: SpikingNetwork, path: str | Path, *, subtract_reset: str = "refuse") -> None:
-    """Export ``snn`` and write it as a NIR HDF5 file (via a temporary file: atomic)."""
-    import os
-    import tempfile
-
+def write_nir(snn: SpikingNetwork, path: str | Path, *, subtract_reset: str = "refuse") -> Any:
+    """Export ``snn`` and write it as a NIR HDF5 file, atomically; returns the graph."""
     graph = to_nir(snn, subtract_reset=subtract_reset)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        _nir().write(tmp, graph)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_with(path, lambda tmp: _nir().write(tmp, graph))
+    return graph
 
 
 def read_nir_graph(path: str | Path) -> Any:

@@ -8,12 +8,13 @@ import json
 import os
 import pickle
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["fingerprint", "load_torch", "save_torch", "write_json", "write_text"]
+__all__ = ["fingerprint", "load_torch", "save_torch", "write_bytes", "write_json", "write_text", "write_with"]
 
 
 def _atomic_target(path: Path) -> tuple[int, str]:
@@ -27,17 +28,28 @@ def _atomic_target(path: Path) -> tuple[int, str]:
     return fd, tmp
 
 
-def write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` via a temporary file and an atomic rename."""
+def write_with(path: str | Path, writer: Callable[[str], object]) -> None:
+    """Let ``writer`` write a temporary file beside ``path`` (it gets the file's name), then
+    rename it onto ``path`` atomically; nothing is left behind when ``writer`` fails."""
     path = Path(path)
     fd, tmp = _atomic_target(path)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        writer(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` via a temporary file and an atomic rename."""
+    write_with(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` via a temporary file and an atomic rename."""
+    write_with(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def write_json(path: str | Path, payload: Any) -> None:
@@ -47,15 +59,7 @@ def write_json(path: str | Path, payload: Any) -> None:
 
 def save_torch(path: str | Path, payload: Any) -> None:
     """``torch.save`` via a temporary file and an atomic rename."""
-    path = Path(path)
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_with(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_torch(path: str | Path, what: str) -> Any:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .files import write_text
+from .files import write_bytes, write_text
 
 __all__ = [
     "EVENT_DTYPE",
@@ -60,11 +60,7 @@ def write_events(path: str | Path, events: np.ndarray) -> None:
     raw[:, 2] = (events["p"].astype(np.uint32) << 7 | (t >> 16) & 0x7F).astype(np.uint8)
     raw[:, 3] = (t >> 8) & 0xFF
     raw[:, 4] = t & 0xFF
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(raw.tobytes())
-    tmp.replace(path)
+    write_bytes(path, raw.tobytes())
 
 
 def read_events(path: str | Path) -> np.ndarray:

@@ -35,6 +35,7 @@ __all__ = [
     "USER_MODEL_FORMAT",
     "from_exported_program",
     "from_onnx",
+    "is_factory",
     "is_user_model",
     "load_factory",
     "load_user_model",
@@ -53,11 +54,18 @@ def is_user_model(spec: str | Path) -> bool:
     return ".py:" in text or Path(text).suffix.lower() in USER_MODEL_SUFFIXES
 
 
+def is_factory(spec: str | Path) -> bool:
+    """Whether ``spec`` names a Python factory (``file.py:factory``, or a bare ``file.py``,
+    which :func:`load_factory` refuses for want of the name)."""
+    text = str(spec)
+    return ".py:" in text or text.endswith(".py")
+
+
 def load_user_model(spec: str | Path, weights: str | Path | None = None) -> nn.Module:
     """The model ``spec`` names, in eval mode: ``file.py:factory`` (with ``weights``, a
     state-dict file; ``None`` keeps the factory's own), ``program.pt2`` or ``model.onnx``."""
     text = str(spec)
-    if ".py:" in text or text.endswith(".py"):
+    if is_factory(text):
         model = load_factory(text)
         if weights is not None:
             load_weights(model, weights)
