@@ -153,3 +153,19 @@ def test_convert_sets_the_initial_potential_and_refuses_bad_values(digits_model,
     capsys.readouterr()
     line = _one_line_error(capsys, main([*args, "--initial-potential", "1.5", "--out", str(out)]))
     assert "initial_potential must be 'auto' or a fraction of the threshold in [0, 1), got 1.5" in line
+
+
+def test_evaluate_exact_keeps_float_synapses_dense_and_records_it(snn_path, tmp_path, monkeypatch):
+    """--exact reaches simulate(): no event synapse runs on the digits net's float weights."""
+    from spikeconv import _kernel
+
+    calls: list[int] = []
+    original = _kernel.event_conv
+    monkeypatch.setattr(_kernel, "event_conv", lambda *a, **k: calls.append(1) or original(*a, **k))
+    monkeypatch.setattr("spikeconv.events.MIN_SPEEDUP", 0.0)
+    out = tmp_path / "exact.json"
+    assert main(["evaluate", "--snn", str(snn_path), "-T", "10", "--test-size", "30", "--exact", "--quiet",
+                 "--out", str(out)]) == 0  # fmt: skip
+    assert not calls and json.loads(out.read_text())["exact"] is True
+    assert main(["evaluate", "--snn", str(snn_path), "-T", "10", "--test-size", "30", "--quiet"]) == 0
+    assert calls or not _kernel.available()

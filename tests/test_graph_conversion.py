@@ -25,6 +25,7 @@ from spikeconv.graph import ChannelAffine, Scale, fold_batchnorm
 from spikeconv.models import (
     ding_cnn,
     preact_resnet18,
+    resnet18,
     resnet20,
     rueckauer_cifar10,
     vgg16,
@@ -66,6 +67,7 @@ ZOO_CASES = {
     "vgg-small": (vgg_small, (3, 32, 32), 0.01),
     "preact-resnet18": (lambda: preact_resnet18(width=1 / 32), (3, 32, 32), 0.02),
     "resnet20": (lambda: resnet20(width=0.125), (3, 32, 32), 0.03),
+    "resnet18": (lambda: resnet18(width=1 / 32), (3, 32, 32), 0.03),
 }
 
 

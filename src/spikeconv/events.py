@@ -3,12 +3,15 @@ of the neurons that fired, instead of a dense multiply over every input.
 
 At the firing rates of converted nets (4-5 % on the Yang MNIST net) this does several times
 fewer additions than the dense convolution, but it sums in a different order, and float
-sums depend on their order. So the simulator uses it only where the order cannot matter:
-where every weight and bias is a multiple of one power of two 2^-q and no partial sum can
-exceed 2^24 * 2^-q (float32's 24-bit significand), every partial sum in any order is exact,
-and the event-driven current equals the dense one bit for bit. That holds for fixed-point
-networks (``simulate(..., fixed_point_bits=...)``) and any net whose weights sit on a
-power-of-two grid; networks with unrounded float weights keep the dense convolution.
+sums depend on their order. Where every weight and bias is a multiple of one power of two
+2^-q and no partial sum can exceed 2^24 * 2^-q (float32's 24-bit significand), every
+partial sum in any order is exact, and the event-driven current equals the dense one bit
+for bit: fixed-point networks (``simulate(..., fixed_point_bits=...)``) and any net whose
+weights sit on a power-of-two grid. With unrounded float weights the two currents differ
+by float rounding (a few units in the last place), and a spike moves only where a
+membrane potential lands within that of the threshold; ``simulate(..., exact=True)``
+keeps such synapses dense, so that the fast path equals the step reference bit for bit
+(docs/speed.md measures how often spikes move without it).
 
 It pays only when the input is sparse and the layer is wide. Per input element, with fan
 the outputs one (pooled) input feeds (KH * KW for a stride-1 convolution, 1 for a linear
@@ -18,11 +21,13 @@ multiple of 16), plus a cost per output pixel. A chunk of steps goes
 the event way when a cost model of the two, fitted to timings on this machine's two cores
 (benchmarks/speed/event_costs.py), predicts it at least :data:`MIN_SPEEDUP` times faster at
 the input's measured spike rate. Linear layers (after an optional pool and flatten) run
-as a convolution whose kernel covers the whole input map. Both ways give the same current,
-so the choice changes only the speed. 16-output convolutions (stride 1, no pooling) at input
+as a convolution whose kernel covers the whole input map. Both ways give the same current
+(up to float rounding, above), so the choice changes only the speed. 16-output convolutions (stride 1, no pooling) at input
 rates below :data:`SCATTER_MAX_RATE` go the other way round: each spike adds its weights to
 the outputs it feeds, which saves the per-output-pixel work that dominates such narrow
-layers at low rates.
+layers at low rates. A residual stage's synapse, a sum of identity shortcuts and
+convolutions of its sources (:class:`ResidualEventSynapse`), runs each convolution this
+way and adds the terms.
 """
 
 from __future__ import annotations
@@ -30,13 +35,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 
 from . import _kernel
-from .graph import Flatten, _pair
+from .graph import Add, Flatten, _pair
 from .network import SpikingStage
 
-__all__ = ["COSTS", "EventCosts", "EventSynapse", "event_synapses", "exact_sums", "predicted_speedup"]
+__all__ = [
+    "COSTS", "EventCosts", "EventForm", "EventSynapse", "ResidualEventSynapse", "event_synapses", "exact_sums", "predicted_speedup",
+]  # fmt: skip
 
 CACHED_WEIGHT_BYTES = 2**20  # the L2 cache of one core here: weights above it are read from L3
 
@@ -83,7 +90,8 @@ class EventSynapse:
     c_out: int  # the layer's outputs
 
     def __call__(self, spikes: Tensor, out: Tensor | None = None, rate: float | None = None) -> Tensor:
-        """``spikes`` (0/1) -> the synaptic current, exactly the dense synapse's. ``out``: where
+        """``spikes`` (0/1) -> the synaptic current, the dense synapse's (bit for bit where
+        :func:`exact_sums` holds, up to float rounding otherwise). ``out``: where
         the kernel writes, as :meth:`output_like` makes it (the result is a view of it).
         ``rate``: the spikes' measured rate, when known; below :data:`SCATTER_MAX_RATE` a
         16-output convolution scatters each spike's weights (``event_conv(scatter=True)``)."""
@@ -132,6 +140,47 @@ class EventSynapse:
             ranges_per_element=ranges / (c * h * w),
         )  # fmt: skip
         return fits and speedup >= MIN_SPEEDUP
+
+
+@dataclass(frozen=True)
+class ResidualEventSynapse:
+    """A residual stage's synapse, the sum of one term per source: that source's spikes
+    (an identity shortcut) or a convolution of them (the branch, a projection shortcut),
+    each convolution an :class:`EventSynapse`. Each convolution runs event by event where
+    the cost model prefers it for its input's rate, densely otherwise. The terms are added
+    convolutions first, identities last: for two terms that is the dense graph's result
+    (float addition commutes); for more, the same sum up to rounding (exact on a grid)."""
+
+    terms: tuple[tuple[int, EventSynapse | None, nn.Module | None], ...]  # (source position, event form, dense layer)
+    c_out: int
+
+    def __call__(self, inputs: list[Tensor], rates: list[float], out: Tensor | None = None) -> Tensor:
+        """``inputs``: the spikes of each source (``[N, C, H, W]``); ``rates``: their
+        measured rates; ``out``: where the first event convolution may write (as
+        :meth:`output_like` makes it)."""
+        current: Tensor | None = None
+        for position, event, dense in self.terms:
+            x = inputs[position]
+            if event is None and dense is None:  # identity
+                term = x
+            elif event is not None and event.preferred(x, rates[position]):
+                term = event(x, out=out if current is None else None, rate=rates[position])
+            else:
+                term = dense(x)  # type: ignore[misc]
+            if current is None:
+                current = term.clone() if term is x else term
+            else:
+                current = current.add_(term)
+        return current  # type: ignore[return-value]
+
+    def output_like(self, inputs: list[Tensor]) -> Tensor | None:
+        """A buffer for the first term's event convolution (``None`` when the first term is
+        an identity)."""
+        position, event, _ = self.terms[0]
+        return None if event is None else event.output_like(inputs[position])
+
+
+EventForm = EventSynapse | ResidualEventSynapse
 
 
 def predicted_speedup(
@@ -186,19 +235,29 @@ def exact_sums(weight: Tensor, bias: Tensor | None, pool: int, dtype: torch.dtyp
 
 
 def event_synapses(
-    stages: list[SpikingStage], shapes: list[tuple[int, ...]], dtype: torch.dtype, device: torch.device
-) -> dict[int, EventSynapse]:
-    """The stages whose synapse can run event by event with exactly the dense result:
+    stages: list[SpikingStage], shapes: list[tuple[int, ...]], dtype: torch.dtype, device: torch.device,
+    exact: bool = False,
+) -> dict[int, EventForm]:
+    """The stages whose synapse can run event by event:
     ``[AvgPool2d(k, stride k)] -> Conv2d`` (groups 1, dilation 1, zero padding) or
-    ``[AvgPool2d(k, stride k)] -> [Flatten] -> Linear``, reading one spiking stage, with
-    exact sums (:func:`exact_sums`); float32 on the CPU with the compiled kernel. ``shapes``: each stage's output shape per image.
-    ``{stage index: synapse}``."""
+    ``[AvgPool2d(k, stride k)] -> [Flatten] -> Linear``, reading one spiking stage; float32
+    on the CPU with the compiled kernel. ``exact``: only those whose sums are exact in any
+    order (:func:`exact_sums`), so that the event current equals the dense one bit for bit;
+    otherwise any weights, whose event current then differs from the dense one by float
+    rounding. ``shapes``: each stage's output shape per image. ``{stage index: synapse}``."""
     if dtype != torch.float32 or device.type != "cpu" or not _kernel.available():
         return {}
-    found = {}
+    found: dict[int, EventForm] = {}
     for j, stage in enumerate(stages):
         sources = stage.source_indices(j)
-        if stage.gate is not None or len(sources) != 1 or sources[0] < 0 or not isinstance(stage.synapse, nn.Sequential):
+        if stage.gate is not None or min(sources) < 0:
+            continue
+        if isinstance(stage.synapse, fx.GraphModule):
+            residual = _residual_form(stage.synapse, [shapes[k] for k in sources], dtype, exact)
+            if residual is not None:
+                found[j] = residual
+            continue
+        if len(sources) != 1 or not isinstance(stage.synapse, nn.Sequential):
             continue
         modules = list(stage.synapse)
         pool = _square_avg_pool(modules[0]) if len(modules) > 1 else 0
@@ -209,18 +268,18 @@ def event_synapses(
             modules = modules[1:]
         if len(modules) != 1:
             continue
-        synapse = _event_form(modules[0], shapes[sources[0]], max(pool, 1), flattened, dtype)
+        synapse = _event_form(modules[0], shapes[sources[0]], max(pool, 1), flattened, dtype, exact)
         if synapse is not None:
             found[j] = synapse
     return found
 
 
 def _event_form(
-    layer: nn.Module, shape: tuple[int, ...], pool: int, flattened: bool, dtype: torch.dtype
+    layer: nn.Module, shape: tuple[int, ...], pool: int, flattened: bool, dtype: torch.dtype, exact: bool = True
 ) -> EventSynapse | None:
     """``layer`` (after a pool of ``pool`` and, if ``flattened``, a flatten, on inputs of
-    ``shape``) in the event kernel's form, or ``None`` where the kernel cannot run it
-    exactly."""
+    ``shape``) in the event kernel's form, or ``None`` where the kernel cannot run it (or,
+    with ``exact``, cannot run it with exactly the dense sums)."""
     if isinstance(layer, nn.Conv2d) and not flattened:
         c_out = layer.out_channels
         square = layer.stride[0] == layer.stride[1] and isinstance(layer.padding, tuple) and layer.padding[0] == layer.padding[1]
@@ -240,12 +299,47 @@ def _event_form(
         stride, padding, linear = 1, 0, True
     else:
         return None
-    if not exact_sums(layer.weight, layer.bias, pool, dtype):
+    if exact and not exact_sums(layer.weight, layer.bias, pool, dtype):
         return None
-    extra = -c_out % 16  # zero outputs up to the kernel's 16-output vectors (exact: they are dropped)
+    extra = -c_out % 16  # zero outputs up to the kernel's 16-output vectors (they are dropped)
     weight = nn.functional.pad(weight / pool**2, (0, extra)).contiguous()
     bias = None if layer.bias is None else nn.functional.pad(layer.bias.detach(), (0, extra)).contiguous()
     return EventSynapse(weight, bias, pool, stride, padding, linear, c_out)
+
+
+def _residual_form(
+    graph: fx.GraphModule, shapes: list[tuple[int, ...]], dtype: torch.dtype, exact: bool
+) -> ResidualEventSynapse | None:
+    """``graph`` (a residual stage's synapse) as a sum of identity and convolution terms,
+    or ``None`` for any other graph: its output must be one ``Add`` whose inputs are each a
+    source or a ``Conv2d`` of a source, with at least one convolution in event form and
+    the output shape of an identity term."""
+    nodes = list(graph.graph.nodes)
+    places = {node: i for i, node in enumerate(n for n in nodes if n.op == "placeholder")}
+    output = next(n for n in nodes if n.op == "output").args[0]
+    if not (isinstance(output, fx.Node) and output.op == "call_module" and isinstance(graph.get_submodule(str(output.target)), Add)):
+        return None
+    terms: list[tuple[int, EventSynapse | None, nn.Module | None]] = []
+    for arg in output.args:
+        if not isinstance(arg, fx.Node) or len(arg.users) != 1:
+            return None
+        if arg in places:
+            terms.append((places[arg], None, None))
+            continue
+        source = arg.args[0] if arg.op == "call_module" and len(arg.args) == 1 and not arg.kwargs else None
+        layer = graph.get_submodule(str(arg.target)) if source is not None else None
+        if source not in places or not isinstance(layer, nn.Conv2d):
+            return None
+        position = places[source]  # type: ignore[index]
+        # a term without an event form runs densely (exact=True: its sums may be inexact,
+        # but it is the dense graph's own term, so the total stays the reference's)
+        terms.append((position, _event_form(layer, shapes[position], 1, False, dtype, exact), layer))
+    if all(event is None for _, event, _ in terms):
+        return None
+    # the convolutions first, so that the sum starts in a fresh tensor (the kernel's or the layer's)
+    terms.sort(key=lambda term: term[1] is None and term[2] is None)
+    c_out = next(layer.out_channels for _, _, layer in terms if isinstance(layer, nn.Conv2d))
+    return ResidualEventSynapse(tuple(terms), c_out)
 
 
 def _flattens_all_but_batch(module: nn.Module) -> bool:

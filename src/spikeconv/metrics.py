@@ -68,13 +68,16 @@ def conversion_loss(ann_accuracy: float, snn_accuracy: float) -> float:
     return ann_accuracy - snn_accuracy
 
 
-def rate_correlation(snn: SpikingNetwork, images: Tensor, T: int = 100, coding: str = "constant", seed: int = 0) -> dict[str, Any]:
+def rate_correlation(
+    snn: SpikingNetwork, images: Tensor, T: int = 100, coding: str = "constant", seed: int = 0, exact: bool = False
+) -> dict[str, Any]:
     """Per layer: Pearson correlation between each neuron's firing rate after ``T`` steps
     and its normalized ANN activation clipped to [0, 1] (Rueckauer Fig. 3), and the mean
-    absolute difference. ``images``: a small batch (every neuron's count is kept)."""
+    absolute difference. ``images``: a small batch (every neuron's count is kept).
+    ``exact``: as in :func:`~spikeconv.simulate`."""
     from .simulate import simulate
 
-    result = simulate(snn, images, T=T, coding=coding, seed=seed, record_counts=True)
+    result = simulate(snn, images, T=T, coding=coding, seed=seed, record_counts=True, exact=exact)
     if result.spike_counts is None:  # record_counts=True always fills it
         raise RuntimeError("simulate() returned no spike counts")
     ideal = snn.analog_forward(images.to(next(snn.parameters()).device))

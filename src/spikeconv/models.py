@@ -16,7 +16,7 @@ from torch import Tensor, nn
 __all__ = [
     "ZOO", "ZooEntry", "build_model", "yang_mnist", "yang_svhn", "yang_cifar10", "digits_net", "rueckauer_cifar10",
     "ding_cnn", "vgg16", "vgg16_quarter", "vgg_small", "preact_resnet18", "PreActBlock", "PreActResNet", "BasicBlock",
-    "ResNetCifar", "resnet20",
+    "ResNetCifar", "resnet20", "resnet18",
 ]  # fmt: skip
 
 
@@ -209,19 +209,26 @@ class BasicBlock(nn.Module):
 
 
 class ResNetCifar(nn.Module):
-    """The CIFAR ResNets of He et al. 2016a (Sec. 4.2): conv3-16-BN-ReLU, three stages of
-    ``n`` basic blocks (16, 32, 64 channels times ``width``; stride 2 from the second),
-    global average pool, FC. n = 3 is ResNet-20."""
+    """The CIFAR ResNets of He et al. 2016a (Sec. 4.2): conv3-BN-ReLU stem (no max-pool),
+    stages of ``n`` basic blocks (16, 32, 64 channels times ``width``; stride 2 from the
+    second), global average pool, FC. n = 3 is ResNet-20. ``blocks`` and ``channels``
+    give other layouts (``resnet18``: four stages of two blocks, 64-512 channels)."""
 
-    def __init__(self, n: int = 3, width: float = 1.0, num_classes: int = 10) -> None:
+    def __init__(
+        self, n: int = 3, width: float = 1.0, num_classes: int = 10, *,
+        blocks: tuple[int, ...] | None = None, channels: tuple[int, ...] = (16, 32, 64),
+    ) -> None:  # fmt: skip
         super().__init__()
-        channels = [_width(c, width) for c in (16, 32, 64)]
-        self.conv1 = nn.Conv2d(3, channels[0], 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels[0])
+        widths = [_width(c, width) for c in channels]
+        counts = blocks if blocks is not None else (n,) * len(channels)
+        if len(counts) != len(widths):
+            raise ValueError(f"ResNetCifar: {len(counts)} block counts for {len(widths)} stages of channels")
+        self.conv1 = nn.Conv2d(3, widths[0], 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
         layers: list[nn.Module] = []
-        cin = channels[0]
-        for i, cout in enumerate(channels):
-            for j in range(n):
+        cin = widths[0]
+        for i, (count, cout) in enumerate(zip(counts, widths, strict=True)):
+            for j in range(count):
                 layers.append(BasicBlock(cin, cout, stride=2 if (i > 0 and j == 0) else 1))
                 cin = cout
         self.layers = nn.Sequential(*layers)
@@ -235,6 +242,13 @@ class ResNetCifar(nn.Module):
 def resnet20(width: float = 1.0, num_classes: int = 10) -> ResNetCifar:
     """ResNet-20 for CIFAR-10 (3 blocks per stage, 0.27 M parameters at width 1)."""
     return ResNetCifar(3, width=width, num_classes=num_classes)
+
+
+def resnet18(width: float = 1.0, num_classes: int = 10) -> ResNetCifar:
+    """ResNet-18 (He et al. 2016a) as public CIFAR-10 code lays it out: conv3-64 stem
+    without max-pool, four stages of two basic blocks (64, 128, 256, 512 channels times
+    ``width``), global average pool, FC (11.2 M parameters at width 1)."""
+    return ResNetCifar(width=width, num_classes=num_classes, blocks=(2, 2, 2, 2), channels=(64, 128, 256, 512))
 
 
 def vgg16_quarter(num_classes: int = 10) -> nn.Sequential:
@@ -261,6 +275,7 @@ ZOO: dict[str, ZooEntry] = {
     "vgg-small": ZooEntry(build=vgg_small, input_shape=(3, 32, 32), dataset="cifar10"),
     "preact-resnet18": ZooEntry(build=preact_resnet18, input_shape=(3, 32, 32), dataset="cifar10"),
     "resnet20": ZooEntry(build=resnet20, input_shape=(3, 32, 32), dataset="cifar10"),
+    "resnet18": ZooEntry(build=resnet18, input_shape=(3, 32, 32), dataset="cifar10"),
     "vgg16-quarter": ZooEntry(build=vgg16_quarter, input_shape=(3, 32, 32), dataset="cifar10"),
 }
 

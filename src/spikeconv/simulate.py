@@ -9,10 +9,13 @@ Two simulators share the neuron step (:func:`spikeconv.neurons.if_step`) and the
   computed once. Chunks bound the memory for any T x batch. Float32 convolutions on the
   CPU run in channels-last layout (1.3-2x faster in oneDNN than NCHW on our nets, same
   sums); the IF kernel works in whatever layout the current comes in. Convolutions and
-  linear layers over sparse spikes run event-driven where that gives exactly the dense
-  sums (:mod:`spikeconv.events`).
+  linear layers over sparse spikes run event-driven (:mod:`spikeconv.events`): exactly the
+  dense sums where weights sit on a power-of-two grid, the same sums up to float rounding
+  otherwise (``exact=True`` keeps those dense).
 * ``method="reference"`` steps the whole network one time step at a time (the textbook
-  loop). It is the oracle the fast path is tested against: both give identical spikes.
+  loop). It is the oracle the fast path is tested against: both give identical spikes
+  where sums are exact (``exact=True``, or weights on a grid), and spikes that differ only
+  where a membrane lies within float rounding of the threshold otherwise.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from tqdm import tqdm
 
 from . import _kernel
 from .encoders import EVENTS, INPUT_CODINGS, encode
-from .events import EventSynapse, event_synapses
+from .events import EventForm, ResidualEventSynapse, event_synapses
 from .fixedpoint import FixedPoint, quantize_network
 from .inputs import (
     InputRangeWarning,
@@ -210,6 +213,7 @@ def simulate(
     fixed_point_bits: int | None = None,
     integer_bits: int | None = None,
     event_driven: bool = True,
+    exact: bool = False,
     record_synops: bool = False,
     seeding: str = "stream",
     first_batch: int = 0,
@@ -297,7 +301,7 @@ def simulate(
     checked = _DataChecks(coding, calibrated)
     total = len(data) if hasattr(data, "__len__") and not isinstance(data, tuple) else None
     bar = tqdm(total=total, unit="img", desc=f"simulate T={T}", disable=not progress)
-    events: dict[int, EventSynapse] | None = None
+    events: dict[int, EventForm] | None = None
     with torch.inference_mode():
         for k, (x, y) in enumerate(batches):
             if seeding == "per_batch":
@@ -311,7 +315,7 @@ def simulate(
                 shapes = [tuple(a.shape[1:]) for a in snn.analog_forward(x[:1, 0] if sequence else x[:1])]
                 numels = [math.prod(shape) for shape in shapes]
                 use_events = event_driven and method == "fast"
-                events = _event_synapses(snn, shapes, device) if use_events else {}
+                events = _event_synapses(snn, shapes, device, exact) if use_events else {}
             checked(x, y, numels[-1])
             generators = (generator, softmax_generator)
             step_bytes = (int(x[0].numel()) + 2 * sum(numels)) * x.element_size()  # per image
@@ -443,22 +447,24 @@ def _available_device(device: str | torch.device) -> torch.device:
 # The event form of each network's synapses, kept while the network lives and its weights
 # are unchanged: finding it checks every weight's grid (22 ms on the Rueckauer net), which
 # would otherwise be paid again by every simulate() call of a sweep.
-_EVENT_FORMS: weakref.WeakKeyDictionary[SpikingNetwork, tuple[tuple, list, dict[int, EventSynapse]]] = (
+_EVENT_FORMS: weakref.WeakKeyDictionary[SpikingNetwork, tuple[tuple, list, dict[int, EventForm]]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def _event_synapses(snn: SpikingNetwork, shapes: list[tuple[int, ...]], device: torch.device) -> dict[int, EventSynapse]:
+def _event_synapses(
+    snn: SpikingNetwork, shapes: list[tuple[int, ...]], device: torch.device, exact: bool
+) -> dict[int, EventForm]:
     """:func:`spikeconv.events.event_synapses` of ``snn``, cached. The key holds every
     parameter's and buffer's storage address and version counter, so an in-place change
     (which bumps the version) or a new tensor recomputes it. The entry keeps the storages
     alive, so that no new tensor can take over a cached address with an equal version."""
     tensors = [*snn.parameters(), *snn.buffers()]
-    key = (tuple(shapes), snn.dtype, device, tuple((t.data_ptr(), t._version) for t in tensors))
+    key = (tuple(shapes), snn.dtype, device, exact, tuple((t.data_ptr(), t._version) for t in tensors))
     cached = _EVENT_FORMS.get(snn)
     if cached is None or cached[0] != key:
         storages = [t.untyped_storage() for t in tensors]
-        cached = (key, storages, event_synapses(snn.spiking_stages, shapes, snn.dtype, device))
+        cached = (key, storages, event_synapses(snn.spiking_stages, shapes, snn.dtype, device, exact))
         _EVENT_FORMS[snn] = cached
     return cached[2]
 
@@ -565,14 +571,14 @@ def _run_fast(
     record_counts: bool,
     record_trains: bool,
     use_kernel: bool = True,
-    events: dict[int, EventSynapse] | None = None,
+    events: dict[int, EventForm] | None = None,
     fanouts: _Fanouts | None = None,
 ) -> _BatchRecord:
     """The time-batched simulation of one batch. ``events``: the stages whose synapse may run
     event-driven (:mod:`spikeconv.events`), chosen per chunk by their input's spike rate."""
     stages = snn.spiking_stages
     events = events or {}
-    event_sources = {stage.source_indices(j)[0] for j, stage in enumerate(stages) if j in events}
+    event_sources = {k for j, stage in enumerate(stages) if j in events for k in stage.source_indices(j)}
     batch = len(x)
     state: list[Tensor | None] = [None] * len(stages)
     acc = _Accumulator(len(stages), batch, T, x.device, record_counts, record_trains, fanouts)
@@ -620,12 +626,18 @@ def _run_fast(
                 else:
                     flat = [layout[index](i.flatten(0, 1)) for i in inputs]
                     event = events.get(index)
-                    rate = totals[stage.source_indices(index)[0]] / max(1, flat[0].numel()) if event is not None else 0.0
-                    if event is not None and event.preferred(flat[0], rate):
+                    rates = [totals[k] / max(1, f.numel()) for k, f in zip(stage.source_indices(index), flat, strict=True)] if event is not None else []
+                    rate = rates[0] if rates else 0.0
+                    if isinstance(event, ResidualEventSynapse):
+                        if reuse and index not in buffers and (buffer := event.output_like(flat)) is not None:
+                            buffers[index] = buffer
+                        out = buffers[index][: len(flat[0])] if index in buffers else None
+                        current = event(flat, rates, out=out)
+                    elif event is not None and event.preferred(flat[0], rate):
                         if reuse and index not in buffers:
                             buffers[index] = event.output_like(flat[0])
                         out = buffers[index][: len(flat[0])] if reuse else None
-                        current = event(flat[0], out=out, rate=rate)  # exactly the dense current, sooner on sparse spikes
+                        current = event(flat[0], out=out, rate=rate)  # the dense current, sooner on sparse spikes
                     else:
                         current = stage.synapse(*flat)
                     current = current.unflatten(0, (steps, batch))
