@@ -15,13 +15,18 @@ yet run: no GPU has been lent to this project's sessions.)
 Networks: the trained Yang MNIST net (MNIST test images); the zoo's small VGG-style net
 ``vgg-small`` with seeded random weights on random images (``vgg-small-random``: it fires
 at 7-31 %, a stress case for the event-driven synapses); and, when CIFAR-10 (JPEG) is in the
-data root, on CIFAR-10 test images, ``vgg-small`` trained on CIFAR-10 (checkpoint committed,
+data root, on CIFAR-10 test images: ``vgg-small`` trained on CIFAR-10 (checkpoint committed,
 made by ``flock /tmp/spikeconv-cpu.lock spikeconv train --model vgg-small --data-root
 ../shared/datasets --epochs 15 --batch-size 64 --lr 1e-3 --seed 0 --flip --pad 4 --crop 32
---threads 2 --out benchmarks/runs/vgg-small-cifar10.pt``, about 8 minutes) and Rueckauer's
-CIFAR-10 net (trained by ``benchmarks/cifar_rueckauer.py`` if its checkpoint exists, else
-seeded random; BatchNorm folded) with average instead of max pooling, as the peers have no
-rate-gated spiking max-pool.
+--threads 2 --out benchmarks/runs/vgg-small-cifar10.pt``, about 8 minutes); Rueckauer's
+CIFAR-10 net (trained by ``spikeconv train --model rueckauer-cifar10 --data-root
+../shared/datasets --epochs 8 --batch-size 64 --lr 1e-3 --seed 0 --flip --pad 4 --threads 2
+--out benchmarks/runs/rueckauer-cifar10-speed.pt``, about 20 minutes, checkpoint committed;
+seeded random weights without it; BatchNorm folded) with average instead of max pooling, as
+the peers have no rate-gated spiking max-pool; and full-width VGG-16 and ResNet-18 in their
+usual CIFAR-10 layouts (``spikeconv.models.vgg16`` with average pools, ``resnet18``), with
+seeded He-initialized weights whose BatchNorm statistics are measured on 1,000 CIFAR-10
+images and folded (training them would take days here).
 
 What every contender simulates (max-norm with percentile 100, reset by subtraction,
 threshold 1, analog input = the image as a constant current every step, IF neurons after
@@ -33,15 +38,20 @@ every ReLU and on the output layer, at most one spike per step):
   map the same weights and the same thresholds. (SpikingJelly's own max-norm keeps the
   weights and scales the membrane around each neuron instead; that is the same maths with
   other float rounding. sinabs has no normalization in ``from_model``; snnTorch has no
-  converter at all.)
-* Its weights are rounded to multiples of 2^-8 and the images to multiples of 2^-8, so
-  that every sum the networks form is exact in float32 whatever its order (products lie
-  on a 2^-16 grid and the positive membrane stays far below 2^8). Tools that add in another order (snnTorch
-  subtracts the reset one step late: (V + z) - s*tau instead of (V - s*tau) + z) or
-  convolve in other batch shapes then still give identical spikes, so the check below can
-  demand equality. The same exactness lets spikeconv compute the convolutions over sparse
-  spikes event by event (``spikeconv.events``); "spikeconv dense" is the same simulation
-  with ``event_driven=False``, the speed a network with unrounded float weights gets.
+  converter at all.) For ResNet-18 it is a module that wires the same synapses as
+  spikeconv's stages, with one ``nn.ReLU`` per hidden stage.
+* ``--weights float`` (default, the headline rows): the networks' own float weights and
+  images. Everyone then sums in their own order: spikeconv's event-driven synapses add the
+  weights of the inputs that fired, the peers convolve densely in other batch shapes, so an
+  image's output counts can differ where a membrane lands within float rounding of the
+  threshold; the tables count those images.
+* ``--weights grid``: weights rounded to multiples of 2^-8 and the images to multiples of
+  2^-8, so that every sum the networks form is exact in float32 whatever its order
+  (products lie on a 2^-16 grid and the positive membrane stays far below 2^8). Tools that
+  add in another order (snnTorch subtracts the reset one step late: (V + z) - s*tau
+  instead of (V - s*tau) + z) or convolve in other batch shapes then give identical
+  spikes, and the check demands it. "spikeconv dense" is spikeconv with
+  ``event_driven=False``.
 * Conventions matched explicitly: snnTorch fires when U > U_thr (spikeconv, SpikingJelly and
   sinabs: >=), so its neurons get a >= step function; sinabs' default ``MultiSpike`` emits
   several spikes per step and clamps the membrane at -1, so it gets ``SingleSpike`` and
@@ -55,6 +65,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import json
 import os
 import platform
 import statistics
@@ -83,18 +94,24 @@ Runner = Callable[[Tensor, int], Tensor]  # (images [B, ...], T) -> output spike
 
 
 # ----------------------------------------------------------------------------- networks
-def _grid(x: Tensor, bits: int) -> Tensor:
-    return torch.round(x * 2**bits) / 2**bits
+def _grid(x: Tensor, bits: int | None) -> Tensor:
+    return x if bits is None else torch.round(x * 2**bits) / 2**bits
 
 
-NETWORKS = ("yang-mnist", "vgg-small", "vgg-small-random", "rueckauer-cifar10")
-NEEDS_CIFAR10 = ("vgg-small", "rueckauer-cifar10")
+NETWORKS = ("yang-mnist", "vgg-small", "vgg-small-random", "rueckauer-cifar10", "vgg16", "resnet18")
+NEEDS_CIFAR10 = ("vgg-small", "rueckauer-cifar10", "vgg16", "resnet18")
+WEIGHTS = ("float", "grid")  # the trained float weights, or every weight and image on a 2^-8 grid
+DEEP = ("vgg16", "resnet18")  # untrained: He-initialized weights, BatchNorm statistics from CIFAR-10 images
 
 
-def load_network(name: str, data_root: Path, checkpoint: Path) -> tuple[nn.Module, Tensor, Tensor] | None:
-    """(ANN, calibration images, test images) of one network, images on a 2^-8 grid; None for
-    the CIFAR-10 nets when the dataset is absent. Only the named network's data is read."""
-    to_float = lambda images: _grid(images.float() / 255, 8)  # noqa: E731
+def load_network(
+    name: str, data_root: Path, checkpoint: Path, weights: str = "float"
+) -> tuple[nn.Module, Tensor, Tensor] | None:
+    """(ANN, calibration images, test images) of one network, the images on a 2^-8 grid for
+    ``weights="grid"``; None for the CIFAR-10 nets when the dataset is absent. Only the
+    named network's data is read."""
+    bits = 8 if weights == "grid" else None
+    to_float = lambda images: _grid(images.float() / 255, bits)  # noqa: E731
     runs = checkpoint.parent
     if name == "yang-mnist":
         model, _ = load_model(checkpoint)
@@ -103,7 +120,7 @@ def load_network(name: str, data_root: Path, checkpoint: Path) -> tuple[nn.Modul
     if name == "vgg-small-random":  # no data needed; fires 7-31 %, far more than a trained net
         torch.manual_seed(0)
         generator = torch.Generator().manual_seed(1)
-        images = _grid(torch.rand(2000, 3, 32, 32, generator=generator), 8)
+        images = _grid(torch.rand(2000, 3, 32, 32, generator=generator), bits)
         return build_model("vgg-small").eval(), images[:1000], images[1000:]
     if name in NEEDS_CIFAR10:
         if not (data_root / "cifar10-jpeg").is_dir():
@@ -113,17 +130,41 @@ def load_network(name: str, data_root: Path, checkpoint: Path) -> tuple[nn.Modul
         images = to_float(load_dataset("cifar10", "test", data_root).subset(2000, seed=0).images)
         if name == "vgg-small":  # trained by the command in the module docstring (checkpoint committed)
             model, _ = load_model(runs / "vgg-small-cifar10.pt")
+        elif name in DEEP:
+            model = deep_network(name, images[:1000])
         else:
-            model = rueckauer_avgpool(runs / "rueckauer-cifar10.pt")
+            model = rueckauer_avgpool(runs / "rueckauer-cifar10-speed.pt")
         return model, images[:1000], images[1000:]
     raise ValueError(f"unknown network {name!r}; choose from {NETWORKS}")
 
 
+def deep_network(name: str, images: Tensor) -> nn.Module:
+    """VGG-16 or ResNet-18 at full width for CIFAR-10 (``spikeconv.models``), max-pools as
+    average pools (the peers have no spiking max-pool), with seeded He-initialized weights:
+    training them takes days on two cores. Their BatchNorm statistics are measured on
+    ``images`` (then folded by every converter), so each channel's activations have the
+    scale real data gives them; the firing rates that follow are reported beside the times."""
+    torch.manual_seed(0)
+    model = build_model(name)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # a cumulative average over the batches below
+    if isinstance(model, nn.Sequential):
+        model = nn.Sequential(*[nn.AvgPool2d(m.kernel_size, m.stride) if isinstance(m, nn.MaxPool2d) else m for m in model])
+    model.train()
+    with torch.no_grad():
+        for batch in images.split(100):
+            model(batch)
+    return model.eval()
+
+
 def rueckauer_avgpool(checkpoint: Path) -> nn.Module:
-    """Rueckauer's CIFAR-10 net (trained by benchmarks/cifar_rueckauer.py when its checkpoint
-    exists, else seeded random weights) with BatchNorm, and with its max-pools replaced by
-    average pools and its softmax dropped: the peers have no rate-gated spiking max-pool
-    (Rueckauer Sec. 3.6) to compare against, so all tools get the same linear pooling."""
+    """Rueckauer's CIFAR-10 net (trained 8 epochs by the command in the module docstring
+    when its checkpoint exists, else seeded random weights) with BatchNorm, and with its
+    max-pools replaced by average pools and its softmax dropped: the peers have no
+    rate-gated spiking max-pool (Rueckauer Sec. 3.6) to compare against, so all tools get
+    the same linear pooling."""
     if checkpoint.is_file():
         model, _ = load_model(checkpoint)
     else:
@@ -133,22 +174,63 @@ def rueckauer_avgpool(checkpoint: Path) -> nn.Module:
     return nn.Sequential(*[m for m in layers if not isinstance(m, nn.Softmax)]).eval()
 
 
-def convert_spikeconv(ann: nn.Module, calibration: Tensor) -> spikeconv.SpikingNetwork:
+def convert_spikeconv(ann: nn.Module, calibration: Tensor, weights: str = "float") -> spikeconv.SpikingNetwork:
     snn = spikeconv.convert(ann, calibration, rule="maxnorm", reset="subtract", calibration_size=None)
-    with torch.no_grad():
-        for p in snn.parameters():
-            p.copy_(_grid(p, 8))
+    if weights == "grid":
+        with torch.no_grad():
+            for p in snn.parameters():
+                p.copy_(_grid(p, 8))
     return snn
 
 
-def normalized_ann(snn: spikeconv.SpikingNetwork) -> nn.Sequential:
-    """The ANN whose ReLUs the peers turn into IF neurons: spikeconv's scaled synapses."""
+class StageGraph(nn.Module):
+    """A residual network's scaled synapses wired as spikeconv's stages, each hidden stage
+    followed by its own ``nn.ReLU`` (which the peers' converters turn into IF neurons)."""
+
+    def __init__(self, snn: spikeconv.SpikingNetwork) -> None:
+        super().__init__()
+        stages = snn.spiking_stages
+        self.synapses = nn.ModuleList([stage.synapse for stage in stages])
+        self.relus = nn.ModuleList([nn.ReLU() for _ in stages[:-1]])
+        self.sources = [stage.source_indices(j) for j, stage in enumerate(stages)]
+
+    def with_neurons(self, make: Callable[[], nn.Module]) -> StageGraph:
+        """The same synapses with a new module from ``make`` in place of each ReLU (``self``
+        is left as it is)."""
+        other = copy.deepcopy(self)
+        other.synapses = self.synapses
+        other.relus = nn.ModuleList([make() for _ in self.relus])
+        return other
+
+    def forward(self, x: Tensor) -> Tensor:
+        outputs: list[Tensor] = []
+        for j, synapse in enumerate(self.synapses):
+            z = synapse(*[x if s < 0 else outputs[s] for s in self.sources[j]])
+            outputs.append(self.relus[j](z) if j < len(self.relus) else z)
+        return outputs[-1]
+
+
+def normalized_ann(snn: spikeconv.SpikingNetwork) -> nn.Module:
+    """The ANN whose ReLUs the peers turn into IF neurons: spikeconv's scaled synapses, as a
+    Sequential for a chain, a :class:`StageGraph` for a residual network."""
+    stages = snn.spiking_stages
+    if any(stage.sources is not None and stage.source_indices(j) != (j - 1,) for j, stage in enumerate(stages)):
+        return StageGraph(snn).eval()
     layers: list[nn.Module] = []
-    for stage in snn.spiking_stages:
+    for stage in stages:
         layers.extend(stage.synapse)
         if not stage.is_output:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers).eval()
+
+
+def firing_rates(snn: spikeconv.SpikingNetwork, x: Tensor, T: int = 100) -> dict[str, float]:
+    """Spikes per neuron per step of each layer, and over all neurons (``"all"``), on ``x``."""
+    result = spikeconv.simulate(snn, x, T=T, batch_size=len(x))
+    rates = result.firing_rates
+    neurons = sum(result.neurons_per_layer.values())
+    rates["all"] = sum(result.spikes_per_layer.values()) / (neurons * result.num_images * T)
+    return rates
 
 
 # ----------------------------------------------------------------------------- contenders
@@ -160,25 +242,30 @@ def run_spikeconv(snn: spikeconv.SpikingNetwork, event_driven: bool = True) -> R
     return run
 
 
-def run_plain_loop(ann: nn.Sequential) -> Runner:
+def run_plain_loop(ann: nn.Module) -> Runner:
     """The 'write it yourself' baseline: step by step, IF neurons after every ReLU and at
     the output, reset by subtraction, threshold 1."""
-    cuts = [i for i, m in enumerate(ann) if isinstance(m, nn.ReLU)]
-    bounds = [0, *[c + 1 for c in cuts], len(ann)]
-    synapses = [nn.Sequential(*[m for m in ann[a:b] if not isinstance(m, nn.ReLU)]) for a, b in zip(bounds, bounds[1:])]
+    if isinstance(ann, StageGraph):
+        synapses, sources = list(ann.synapses), ann.sources
+    else:
+        cuts = [i for i, m in enumerate(ann) if isinstance(m, nn.ReLU)]
+        bounds = [0, *[c + 1 for c in cuts], len(ann)]
+        synapses = [nn.Sequential(*[m for m in ann[a:b] if not isinstance(m, nn.ReLU)]) for a, b in zip(bounds, bounds[1:])]
+        sources = [(i - 1,) for i in range(len(synapses))]
 
     @torch.inference_mode()
     def run(x: Tensor, T: int) -> Tensor:
         v: list[Tensor | None] = [None] * len(synapses)
         counts = torch.zeros(0)
         for t in range(T):
-            s = x
+            spikes: list[Tensor] = []
             for i, synapse in enumerate(synapses):
-                z = synapse(s)
+                z = synapse(*[x if k < 0 else spikes[k] for k in sources[i]])
                 v_i = z if v[i] is None else v[i] + z  # type: ignore[operator]
                 s = (v_i >= 1.0).to(z.dtype)
                 v[i] = v_i - s
-            counts = s if t == 0 else counts + s
+                spikes.append(s)
+            counts = spikes[-1] if t == 0 else counts + spikes[-1]
         return counts
 
     return run
@@ -226,12 +313,15 @@ def run_sinabs(ann: nn.Sequential, input_shape: tuple[int, ...], chunk: int = 10
     import sinabs
     from sinabs.activation import MembraneSubtract, SingleSpike
 
+    graph = isinstance(ann, StageGraph)  # from_model adds an output layer to a Sequential only
+    model = nn.Sequential(ann, nn.ReLU()) if graph else ann
+
     @torch.inference_mode()
     def run(x: Tensor, T: int) -> Tensor:
         batch = len(x)
         net = sinabs.from_model(
-            ann, input_shape=input_shape, spike_threshold=torch.tensor(1.0), spike_fn=SingleSpike,
-            reset_fn=MembraneSubtract(), min_v_mem=None, batch_size=batch, add_spiking_output=True,
+            model, input_shape=input_shape, spike_threshold=torch.tensor(1.0), spike_fn=SingleSpike,
+            reset_fn=MembraneSubtract(), min_v_mem=None, batch_size=batch, add_spiking_output=not graph,
         )  # fmt: skip
         # from_model runs one forward pass on zeros to size the layers, which leaves one
         # step of bias current in every membrane: start from rest like everyone else.
@@ -245,7 +335,8 @@ def run_sinabs(ann: nn.Sequential, input_shape: tuple[int, ...], chunk: int = 10
             counts = part if counts is None else counts + part
         return counts  # type: ignore[return-value]
 
-    run.note = f"from_model(spike_fn=SingleSpike, reset_fn=MembraneSubtract(), min_v_mem=None, add_spiking_output=True), fed {chunk} steps per call"  # type: ignore[attr-defined]
+    output = "an nn.ReLU appended to the graph as its output layer" if graph else "add_spiking_output=True"
+    run.note = f"from_model(spike_fn=SingleSpike, reset_fn=MembraneSubtract(), min_v_mem=None, {output}), fed {chunk} steps per call"  # type: ignore[attr-defined]
     return run
 
 
@@ -253,25 +344,26 @@ def _step_ge(x: Tensor) -> Tensor:
     return (x >= 0).to(x.dtype)
 
 
-def run_snntorch(ann: nn.Sequential) -> Runner:
+def run_snntorch(ann: nn.Module) -> Runner:
     import snntorch
     from snntorch import utils
 
-    layers: list[nn.Module] = []
-    for module in ann:
-        if isinstance(module, nn.ReLU):
-            layers.append(snntorch.Leaky(beta=1.0, threshold=1.0, reset_mechanism="subtract", init_hidden=True, spike_grad=_step_ge))
-        else:
-            layers.append(module)
-    layers.append(snntorch.Leaky(beta=1.0, threshold=1.0, reset_mechanism="subtract", init_hidden=True, spike_grad=_step_ge))
-    snn = nn.Sequential(*layers).eval().to(next(ann.parameters()).device)
+    def leaky() -> nn.Module:
+        return snntorch.Leaky(beta=1.0, threshold=1.0, reset_mechanism="subtract", init_hidden=True, spike_grad=_step_ge)
+
+    if isinstance(ann, StageGraph):
+        graph = ann.with_neurons(leaky)
+        snn = nn.Sequential(graph, leaky())
+    else:
+        snn = nn.Sequential(*[leaky() if isinstance(m, nn.ReLU) else m for m in ann], leaky())
+    snn = snn.eval().to(next(ann.parameters()).device)
 
     @torch.inference_mode()
     def run(x: Tensor, T: int) -> Tensor:
         utils.reset(snn)
         return _count_over_steps(snn, x, T)
 
-    run.note = "nn.Sequential with snntorch.Leaky(beta=1, reset_mechanism='subtract', spike_grad=x>=0) after each ReLU and at the output (snnTorch has no converter)"  # type: ignore[attr-defined]
+    run.note = "snntorch.Leaky(beta=1, reset_mechanism='subtract', spike_grad=x>=0) in place of each ReLU and at the output (snnTorch has no converter)"  # type: ignore[attr-defined]
     return run
 
 
@@ -371,10 +463,11 @@ def build_contenders(
     input_shape: tuple[int, ...],
     keys: tuple[str, ...] = CONTENDERS,
     device: torch.device = CPU,
+    weights: str = "float",
 ) -> dict[str, Runner]:
     """Every contender (or those in ``keys``), converted from the same spikeconv max-norm,
     with its modules on ``device`` (``ann`` and ``calibration`` stay where they are)."""
-    snn = convert_spikeconv(ann, calibration).to(device)
+    snn = convert_spikeconv(ann, calibration, weights).to(device)
     norm = normalized_ann(snn)  # shares snn's synapse modules, so it is on the device too
     makers: dict[str, Callable[[], Runner]] = {
         "spikeconv": lambda: run_spikeconv(snn),
@@ -402,11 +495,11 @@ def memory_in_fresh_process(networks_file: Path, name: str, key: str, T: int, ba
     return float(done.stdout.split()[-1])
 
 
-def cuda_memory_of(network: tuple[nn.Module, Tensor, Tensor], key: str, T: int, batch: int, device: torch.device) -> float:
+def cuda_memory_of(network: tuple[nn.Module, Tensor, Tensor, str], key: str, T: int, batch: int, device: torch.device) -> float:
     """Peak GPU memory (MiB) of one run of one contender, in this process: the CUDA
     allocator's statistics see every allocation, so no fresh process is needed."""
-    ann, calibration, images = network
-    run = build_contenders(ann, calibration, tuple(images.shape[1:]), keys=(key,), device=device)[key]
+    ann, calibration, images, weights = network
+    run = build_contenders(ann, calibration, tuple(images.shape[1:]), keys=(key,), device=device, weights=weights)[key]
     x = images[:batch].to(device)
     run(x, 2)  # warm-up, as in memory_child
     return peak_cuda_memory(run, x, T)
@@ -414,8 +507,8 @@ def cuda_memory_of(network: tuple[nn.Module, Tensor, Tensor], key: str, T: int, 
 
 def memory_child(networks_file: Path, name: str, key: str, T: int, batch: int) -> None:
     torch.set_num_threads(THREADS)
-    ann, calibration, images = torch.load(networks_file, weights_only=False)[name]
-    run = build_contenders(ann, calibration, tuple(images.shape[1:]), keys=(key,))[key]
+    ann, calibration, images, weights = torch.load(networks_file, weights_only=False)[name]
+    run = build_contenders(ann, calibration, tuple(images.shape[1:]), keys=(key,), weights=weights)[key]
     run(images[:batch], 2)  # warm-up: one-time costs (library loads, oneDNN primitives) are no run's
     print(peak_memory(run, images[:batch], T))
 
@@ -436,6 +529,12 @@ def main() -> None:
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script")
     parser.add_argument("--networks", default=None, help="comma-separated subset of the networks (default: all)")
+    parser.add_argument("--weights", choices=WEIGHTS, default="float",
+                        help="float: the networks' own float weights (spikeconv's event-driven synapses then sum "
+                             "in another order, so some images may differ from the peers'); grid: weights and "
+                             "images rounded to 2^-8, where every tool's sums are exact and must agree")
+    parser.add_argument("--sizes", default=None,
+                        help="comma-separated TxB sizes to run instead of each network's own, e.g. 100x100")
     parser.add_argument("--no-memory", action="store_true",
                         help="skip the peak-memory runs (about half the time; the tables then say 'not run')")
     parser.add_argument("--memory-of", nargs=5, metavar=("NETWORKS_FILE", "NAME", "CONTENDER", "T", "BATCH"),
@@ -457,26 +556,42 @@ def main() -> None:
     if args.out is None:
         args.out = ROOT / "benchmarks" / "speed" / f"results{tag}.json"
     torch.set_num_threads(THREADS)
-    loaded = {name: load_network(name, args.data_root, args.checkpoint) for name in names}
-    networks = {name: net for name, net in loaded.items() if net is not None}
-    for name in set(loaded) - set(networks):
-        print(f"skipping {name}: no cifar10-jpeg/ under --data-root {args.data_root}", file=sys.stderr)
+    suffix = "" if args.weights == "float" else ", grid"  # result keys: "yang-mnist", "yang-mnist, grid"
+    loaded = {name + suffix: load_network(name, args.data_root, args.checkpoint, args.weights) for name in names}
+    networks = {key: (*net, args.weights) for key, net in loaded.items() if net is not None}
+    for key in set(loaded) - set(networks):
+        print(f"skipping {key}: no cifar10-jpeg/ under --data-root {args.data_root}", file=sys.stderr)
     sizes = {  # (T, batch)
         "yang-mnist": [(100, 100), (300, 100), (1000, 100), (100, 300), (100, 1000), (1000, 1000)],
         "vgg-small": [(100, 100), (1000, 100), (100, 1000)],
         "vgg-small-random": [(100, 100), (1000, 100)],
         "rueckauer-cifar10": [(100, 100), (300, 100), (100, 300)],
+        "vgg16": [(100, 100)],
+        "resnet18": [(100, 100)],
     }
     peer_budget = {name: args.peer_budget / (1 if name == "yang-mnist" else 3) for name in NETWORKS}
     if args.quick:
         sizes = {name: [(10, 20), (20, 20)] for name in sizes}
-    results: dict[str, object] = {
-        "command": "flock /tmp/spikeconv-cpu.lock benchmarks/speed/.venv/bin/python benchmarks/speed/bench.py"
+    if args.sizes:
+        try:
+            chosen = [tuple(int(v) for v in size.lower().split("x")) for size in args.sizes.split(",")]
+        except ValueError:
+            parser.error(f"--sizes {args.sizes!r}: give TxB pairs such as 100x100,1000x100")
+        sizes = {name: chosen for name in sizes}
+    command = (
+        "flock /tmp/spikeconv-cpu.lock benchmarks/speed/.venv/bin/python benchmarks/speed/bench.py"
         + (" --quick" if args.quick else "")
         + (f" --peer-budget {args.peer_budget:g}" if args.peer_budget != 3e4 else "")
         + (f" --networks {args.networks}" if args.networks else "")
+        + (f" --weights {args.weights}" if args.weights != "float" else "")
+        + (f" --sizes {args.sizes}" if args.sizes else "")
         + (" --no-memory" if args.no_memory else "")
-        + (f" --device {args.device}" if device.type != "cpu" else ""),
+        + (f" --device {args.device}" if device.type != "cpu" else "")
+    )
+    # A run replaces the networks it measured and keeps the others (each says its command and date)
+    previous = json.loads(args.out.read_text()).get("networks", {}) if args.out.is_file() and not args.quick else {}
+    results: dict[str, object] = {
+        "command": command,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "torch_threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
@@ -488,14 +603,20 @@ def main() -> None:
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "repeats": args.repeats,
         "peer_budget": args.peer_budget,  # all but yang-mnist: a third of it
-        "networks": {},
+        "networks": {k: v for k, v in previous.items() if k not in networks},
     }
-    for name, (ann, calibration, images) in networks.items():
+    for key, (ann, calibration, images, weights) in networks.items():
+        name = key.removesuffix(suffix)
         input_shape = tuple(images.shape[1:])
-        contenders = build_contenders(ann, calibration, input_shape, device=device)
+        contenders = build_contenders(ann, calibration, input_shape, device=device, weights=weights)
         notes = {k: getattr(r, "note", "") for k, r in contenders.items()}
-        net_result: dict[str, object] = {"input_shape": list(input_shape), "notes": notes, "sizes": []}
-        results["networks"][name] = net_result  # type: ignore[index]
+        net_result: dict[str, object] = {
+            "input_shape": list(input_shape), "notes": notes, "sizes": [], "weights": weights,
+            "trained": name not in (*DEEP, "vgg-small-random"), "command": command,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "firing_rates": firing_rates(convert_spikeconv(ann, calibration, weights), images[:100].to(device)),
+        }  # fmt: skip
+        results["networks"][key] = net_result  # type: ignore[index]
         for T, batch in sizes[name]:
             x = images[:batch].to(device)
             active = [k for k in contenders if k in ALWAYS_RUN or T * batch <= peer_budget[name]]
@@ -503,26 +624,26 @@ def main() -> None:
             outputs: dict[str, Tensor] = {}
             repeats = args.repeats if T * batch <= 2e5 else max(2, args.repeats - 1)
             for _ in range(repeats):  # interleaved: every contender once per round
-                for key in active:
-                    elapsed, out = measure(contenders[key], x, T)
-                    times[key].append(elapsed)
-                    outputs[key] = out
-                    print(f"{name} T={T} B={batch} {key}: {elapsed:.2f} s", flush=True)
+                for who in active:
+                    elapsed, out = measure(contenders[who], x, T)
+                    times[who].append(elapsed)
+                    outputs[who] = out
+                    print(f"{key} T={T} B={batch} {who}: {elapsed:.2f} s", flush=True)
             reference = outputs["spikeconv"]
             rows = {}
-            for key in active:
-                best = min(times[key])
+            for who in active:
+                best = min(times[who])
                 row = {
-                    "best_s": best, "times_s": times[key], "median_s": statistics.median(times[key]),
+                    "best_s": best, "times_s": times[who], "median_s": statistics.median(times[who]),
                     "image_steps_per_s": T * batch / best,
                 }  # fmt: skip
-                if key != "ANN limit":
-                    differ = (outputs[key].reshape(batch, -1) != reference).any(1)
+                if who != "ANN limit":
+                    differ = (outputs[who].reshape(batch, -1) != reference).any(1)
                     row["images_with_different_counts"] = int(differ.sum())
                     row["identical"] = bool(not differ.any())
-                rows[key] = row
+                rows[who] = row
             ours = rows["spikeconv"]["best_s"]
-            for key, row in rows.items():
+            for row in rows.values():
                 row["spikeconv_speedup"] = row["best_s"] / ours
             rows["spikeconv"]["over_limit"] = ours / rows["ANN limit"]["best_s"]
             net_result["sizes"].append({"T": T, "batch": batch, "skipped": [k for k in contenders if k not in active],
@@ -544,6 +665,8 @@ def measure_memory(results: dict, networks: dict, out: Path, device: torch.devic
         if not on_gpu:
             torch.save(networks, networks_file)
         for name, net_result in results["networks"].items():
+            if name not in networks:  # kept from an earlier run
+                continue
             for size in net_result["sizes"]:
                 for key, row in size["results"].items():
                     T, batch = size["T"], size["batch"]
@@ -571,8 +694,8 @@ def write_docs(results: dict, docs: Path, out: Path) -> None:
         "# Simulation speed: spikeconv against SpikingJelly, sinabs, snnTorch and a plain loop"
         + (f" on {results.get('gpu') or device}" if on_gpu else ""),
         "",
-        f"Measured {results['date']} with `{results['command']}` (results: `{out.name}`), "
-        f"{results['torch_threads']} torch threads on {results['cpu_count']} cores, "
+        f"Last run {results['date']} with `{results['command']}` (results: `{out.name}`; each network below names "
+        f"the run that measured it), {results['torch_threads']} torch threads on {results['cpu_count']} cores, "
         + ", ".join(f"{k} {v}" for k, v in results["versions"].items())
         + f"; fused IF kernel: {'on' if results['kernel'] else 'off'}. Best of {results['repeats']} interleaved runs "
         "(2 at T x batch > 2e5); the step-by-step peers only where T x batch <= the peer budget (they take minutes beyond it on this shared 2-core machine). Throughput in image-steps per second; 'x' columns: how many times "
@@ -583,14 +706,28 @@ def write_docs(results: dict, docs: Path, out: Path) -> None:
            "allocated before it. " if on_gpu else "Peak memory: the largest rise of "
         "the resident set (sampled every millisecond) during one more, untimed run after all timings, each in a fresh "
         "process whose glibc maps every allocation above 128 KiB fresh, so that memory freed earlier cannot hide it. ")
-        + "'same' = output spike counts identical to "
-        "spikeconv's on every image. 'spikeconv dense': spikeconv with `event_driven=False`, i.e. without "
-        "event-driven synapses, which need weights on a power-of-two grid (as here): the speed a network with "
-        "unrounded float weights gets.",
+        + "**Float weights** (the headline sections): each network's own trained float weights and images "
+        "(VGG-16 and ResNet-18: untrained, see their sections). spikeconv's event-driven synapses then add the "
+        "weights of the inputs that fired in another order than a dense convolution, so a spike can move where a "
+        "membrane lies within float rounding of the threshold; 'same' gives how many images' output spike counts "
+        "differ from spikeconv's (docs/results/float_events.md measures this against spikeconv's own step "
+        "reference on every test image). **Grid weights** (sections marked 'grid'): weights and images rounded "
+        "to multiples of 2^-8, where every sum is exact in any order, so every tool must give identical counts. "
+        "'spikeconv dense': spikeconv with `event_driven=False` (on float weights also what `exact=True` runs).",
         "",
     ]
     for name, net in results["networks"].items():
-        lines += [f"## {name} (input {'x'.join(map(str, net['input_shape']))})", ""]
+        weights = net.get("weights", "grid")  # runs before the float rows used the grid only
+        what = "trained float weights" if weights == "float" and net.get("trained", True) else (
+            "untrained float weights" if weights == "float" else "weights and images on a 2^-8 grid")
+        lines += [f"## {name} (input {'x'.join(map(str, net['input_shape']))}; {what})", ""]
+        if "command" in net:
+            lines += [f"Measured {net['date']} with `{net['command']}`.", ""]
+        if net.get("firing_rates"):
+            rates = net["firing_rates"]
+            layers = ", ".join(f"{k} {v:.1%}" for k, v in rates.items() if k != "all")
+            lines += [f"Firing rates (spikes per neuron per step, 100 images, T = 100): {rates['all']:.1%} over all "
+                      f"neurons; per layer {layers}.", ""]
         peers = [k for k in ("spikeconv dense", "plain loop", "SpikingJelly", "sinabs", "snnTorch")]
         header = "| T | batch | spikeconv img·steps/s | limit |"
         header += "".join(f" {p} img·steps/s | x | same |" for p in peers)
@@ -601,7 +738,7 @@ def write_docs(results: dict, docs: Path, out: Path) -> None:
             row = f"| {size['T']} | {size['batch']} | {ours['image_steps_per_s']:,.0f} | {ours['over_limit']:.2f} |"
             for p in peers:
                 if p in r:
-                    same = "yes" if r[p]["identical"] else f"no ({r[p]['images_with_different_counts']})"
+                    same = "yes" if r[p]["identical"] else f"{r[p]['images_with_different_counts']} of {size['batch']} differ"
                     row += f" {r[p]['image_steps_per_s']:,.0f} | {r[p]['spikeconv_speedup']:.1f} | {same} |"
                 else:
                     row += " not run | | |"
@@ -633,7 +770,7 @@ def write_docs(results: dict, docs: Path, out: Path) -> None:
             ax.set_title(f"{name}, {fixed_key} = {fixed}, " + (device if on_gpu else f"{results['torch_threads']} threads"))
             ax.legend(fontsize=8)
             fig.tight_layout()
-            png = docs / f"speed{tag}_{name}_vs_{axis}.png"
+            png = docs / f"speed{tag}_{name.replace(', ', '_')}_vs_{axis}.png"
             fig.savefig(png, dpi=110)
             plt.close(fig)
             lines += [f"![{name}: throughput against {axis}]({png.name})", ""]
