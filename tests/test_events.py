@@ -256,21 +256,25 @@ def _float_net() -> spikeconv.SpikingNetwork:
     return spikeconv.convert(model, random_images(64, dtype=torch.float32), rule="maxnorm")
 
 
-def test_float_weights_run_event_driven_by_default_and_dense_when_exact(monkeypatch):
+@pytest.mark.parametrize("coding", ["constant", "poisson"])
+def test_float_weights_run_event_driven_by_default_and_exact_equals_the_reference(monkeypatch, coding):
+    """exact=True on unrounded weights: no event synapse, and every synapse is called one
+    step at a time on the reference's layout, so the spikes are the reference's on any CPU."""
     snn = _float_net()
     assert sorted(_planned(snn)) == [1, 2, 3, 4] and _planned(snn, exact=True) == {}
     monkeypatch.setattr(events, "MIN_SPEEDUP", 0.0)
     calls = _spy(monkeypatch)
     images = random_images(12, seed=3, dtype=torch.float32)
-    kwargs = dict(T=30, record_trains=True)
+    kwargs = dict(T=30, record_trains=True, coding=coding, batch_size=5)
     spikeconv.simulate(snn, images, **kwargs)
     assert set(calls) == {16, 32, 48}  # 40 and 5 outputs are padded to 48 and 16
     calls.clear()
     exact = spikeconv.simulate(snn, images, exact=True, **kwargs)
-    dense = spikeconv.simulate(snn, images, event_driven=False, **kwargs)
     assert not calls, "exact=True ran an event synapse on float weights"
-    for name in exact.spike_trains:  # the same dense ops: the same spikes on any CPU
-        assert torch.equal(exact.spike_trains[name], dense.spike_trains[name]), name
+    reference = spikeconv.simulate(snn, images, method="reference", **kwargs)
+    for name in exact.spike_trains:
+        assert torch.equal(exact.spike_trains[name], reference.spike_trains[name]), name
+    assert torch.equal(exact.output_membrane, reference.output_membrane)
 
 
 @pytest.mark.parametrize("c_in,c_out,pool,rate", [(16, 16, 1, 0.05), (16, 32, 2, 0.2), (12, 40, 1, 0.5)])
@@ -507,6 +511,9 @@ def test_residual_stages_with_float_weights_stay_within_rounding_of_the_referenc
     assert same >= 0.95, f"output counts identical on only {same:.1%} of images"
     for name, count in reference.spikes_per_layer.items():
         assert abs(fast.spikes_per_layer[name] - count) <= 1e-3 * count + 5, name
+    exact = spikeconv.simulate(snn, (images, labels), T=40, batch_size=50, exact=True)
+    assert torch.equal(exact.output_counts, reference.output_counts)
+    assert torch.equal(exact.spikes_per_image, reference.spikes_per_image)
 
 
 def test_residual_graphs_other_than_a_sum_of_convolutions_keep_the_dense_synapse():

@@ -166,7 +166,9 @@ def rueckauer_avgpool(checkpoint: Path) -> nn.Module:
     rate-gated spiking max-pool (Rueckauer Sec. 3.6) to compare against, so all tools get
     the same linear pooling."""
     if checkpoint.is_file():
-        model, _ = load_model(checkpoint)
+        model, record = load_model(checkpoint)
+        if record.get("epoch", 0) < record.get("options", {}).get("epochs", 0):
+            raise SystemExit(f"{checkpoint} is still training (epoch {record['epoch']}): finish it first (module docstring)")
     else:
         torch.manual_seed(0)
         model = build_model("rueckauer-cifar10").eval()
@@ -309,7 +311,13 @@ def run_spikingjelly(ann: nn.Sequential, calibration: Tensor) -> Runner:
     return run
 
 
-def run_sinabs(ann: nn.Sequential, input_shape: tuple[int, ...], chunk: int = 100) -> Runner:
+SINABS_BYTES = 4 * 2**30  # what one call's activations may take (ResNet-18 at 100 steps x batch 100: 23 GB, killed)
+
+
+def run_sinabs(ann: nn.Module, input_shape: tuple[int, ...], chunk: int = 100, neurons: int = 0) -> Runner:
+    """sinabs fed ``chunk`` steps per call as one time-flattened batch, fewer where the
+    call's activations (about 16 bytes per neuron, image and step) would exceed
+    :data:`SINABS_BYTES`; ``neurons``: spiking neurons per image."""
     import sinabs
     from sinabs.activation import MembraneSubtract, SingleSpike
 
@@ -328,15 +336,17 @@ def run_sinabs(ann: nn.Sequential, input_shape: tuple[int, ...], chunk: int = 10
         net.reset_states()
         net = net.spiking_model
         counts = None
-        for start in range(0, T, chunk):  # the layers keep their state between calls
-            steps = min(chunk, T - start)
+        per_call = max(1, min(chunk, SINABS_BYTES // max(1, 16 * neurons * batch)))
+        for start in range(0, T, per_call):  # the layers keep their state between calls
+            steps = min(per_call, T - start)
             out = net(x.unsqueeze(1).expand(batch, steps, *x.shape[1:]).reshape(batch * steps, *x.shape[1:]))
             part = out.reshape(batch, steps, -1).sum(1)
             counts = part if counts is None else counts + part
         return counts  # type: ignore[return-value]
 
     output = "an nn.ReLU appended to the graph as its output layer" if graph else "add_spiking_output=True"
-    run.note = f"from_model(spike_fn=SingleSpike, reset_fn=MembraneSubtract(), min_v_mem=None, {output}), fed {chunk} steps per call"  # type: ignore[attr-defined]
+    at_100 = max(1, min(chunk, SINABS_BYTES // max(1, 16 * neurons * 100)))
+    run.note = f"from_model(spike_fn=SingleSpike, reset_fn=MembraneSubtract(), min_v_mem=None, {output}), fed {at_100} steps per call at batch 100"  # type: ignore[attr-defined]
     return run
 
 
@@ -474,7 +484,7 @@ def build_contenders(
         "spikeconv dense": lambda: run_spikeconv(snn, event_driven=False),
         "plain loop": lambda: run_plain_loop(norm),
         "SpikingJelly": lambda: run_spikingjelly(norm, calibration.to(device)),
-        "sinabs": lambda: run_sinabs(norm, input_shape),
+        "sinabs": lambda: run_sinabs(norm, input_shape, neurons=sum(a[0].numel() for a in snn.analog_forward(calibration[:1].to(device)))),
         "snnTorch": lambda: run_snntorch(norm),
         "ANN limit": lambda: run_ann_limit(copy.deepcopy(ann).to(device)),
     }
@@ -612,7 +622,10 @@ def main() -> None:
         notes = {k: getattr(r, "note", "") for k, r in contenders.items()}
         net_result: dict[str, object] = {
             "input_shape": list(input_shape), "notes": notes, "sizes": [], "weights": weights,
-            "trained": name not in (*DEEP, "vgg-small-random"), "command": command,
+            "trained": name not in (*DEEP, "vgg-small-random") and (
+                name != "rueckauer-cifar10" or (args.checkpoint.parent / "rueckauer-cifar10-speed.pt").is_file()
+            ),
+            "command": command,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "firing_rates": firing_rates(convert_spikeconv(ann, calibration, weights), images[:100].to(device)),
         }  # fmt: skip
@@ -716,7 +729,12 @@ def write_docs(results: dict, docs: Path, out: Path) -> None:
         "'spikeconv dense': spikeconv with `event_driven=False` (on float weights also what `exact=True` runs).",
         "",
     ]
-    for name, net in results["networks"].items():
+    def order(key: str) -> tuple[bool, int]:  # float weights first, then the grid rows, each in NETWORKS order
+        base = key.split(",")[0]
+        return results["networks"][key].get("weights", "grid") != "float", NETWORKS.index(base) if base in NETWORKS else 99
+
+    for name in sorted(results["networks"], key=order):
+        net = results["networks"][name]
         weights = net.get("weights", "grid")  # runs before the float rows used the grid only
         what = "trained float weights" if weights == "float" and net.get("trained", True) else (
             "untrained float weights" if weights == "float" else "weights and images on a 2^-8 grid")

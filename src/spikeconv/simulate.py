@@ -7,15 +7,16 @@ Two simulators share the neuron step (:func:`spikeconv.neurons.if_step`) and the
   synaptic input for all of them as one batched tensor op, then runs the IF recurrence over
   t; then the next stage. With constant (analog) input the first stage's current is
   computed once. Chunks bound the memory for any T x batch. Float32 convolutions on the
-  CPU run in channels-last layout (1.3-2x faster in oneDNN than NCHW on our nets, same
-  sums); the IF kernel works in whatever layout the current comes in. Convolutions and
-  linear layers over sparse spikes run event-driven (:mod:`spikeconv.events`): exactly the
-  dense sums where weights sit on a power-of-two grid, the same sums up to float rounding
-  otherwise (``exact=True`` keeps those dense).
+  CPU run in channels-last layout (1.3-2x faster in oneDNN than NCHW on our nets); the IF
+  kernel works in whatever layout the current comes in. Convolutions and linear layers
+  over sparse spikes run event-driven (:mod:`spikeconv.events`). Where weights sit on a
+  power-of-two grid every sum is exact and all of this gives the reference's currents bit
+  for bit; with float weights the sums may round differently.
 * ``method="reference"`` steps the whole network one time step at a time (the textbook
   loop). It is the oracle the fast path is tested against: both give identical spikes
-  where sums are exact (``exact=True``, or weights on a grid), and spikes that differ only
-  where a membrane lies within float rounding of the threshold otherwise.
+  where sums are exact (weights on a grid) or with ``simulate(..., exact=True)``, and
+  otherwise spikes that differ only where a membrane lies within float rounding of the
+  threshold (docs/results/float_events.md: 1 image's output counts of 10,000).
 """
 
 from __future__ import annotations
@@ -238,9 +239,16 @@ def simulate(
     :mod:`spikeconv.fixedpoint`.
 
     ``event_driven``: let the fast path compute convolutions and linear layers over sparse
-    spikes event by event where that gives exactly the dense sums (weights on a power-of-two
-    grid, as in fixed point; see :mod:`spikeconv.events`). The results are the same either
-    way.
+    spikes event by event, adding the weights of the inputs that fired (see
+    :mod:`spikeconv.events`), where a cost model predicts it faster. It sums in another
+    order than the dense convolution, so with float weights a membrane potential can differ
+    by float rounding and, rarely, a spike moves (docs/results/float_events.md).
+    ``exact``: the reference's spikes bit for bit, on any CPU: event-driven synapses only
+    where every sum is exact in any order (weights on a power-of-two grid, as in fixed
+    point), and every other synapse called one step at a time on the reference's layout,
+    as the reference calls it (time-batched convolutions in another layout may round
+    differently too: 1 spike in 2.3e9 moved on vgg-small). On float weights that costs
+    most of the fast path's speed.
 
     ``record_synops``: count synaptic operations, each spike (and each non-zero analog input
     value per step) times its fan-out (:func:`spikeconv.metrics.synaptic_fanouts`), per
@@ -328,7 +336,7 @@ def simulate(
                     chunk = _chunk_steps(T, len(xs), step_bytes, memory_bytes)
                     record = _run_fast(
                         snn, xs, ys, T, coding, generators, chunk, fixed, record_counts, record_trains, events=events,
-                        fanouts=fanouts,
+                        fanouts=fanouts, exact=exact,
                     )  # fmt: skip
                 else:
                     record = _run_reference(
@@ -573,9 +581,12 @@ def _run_fast(
     use_kernel: bool = True,
     events: dict[int, EventForm] | None = None,
     fanouts: _Fanouts | None = None,
+    exact: bool = False,
 ) -> _BatchRecord:
     """The time-batched simulation of one batch. ``events``: the stages whose synapse may run
-    event-driven (:mod:`spikeconv.events`), chosen per chunk by their input's spike rate."""
+    event-driven (:mod:`spikeconv.events`), chosen per chunk by their input's spike rate.
+    ``exact``: every other synapse runs one step at a time on the reference's (contiguous)
+    layout, the very call the reference makes, so that float sums are rounded alike."""
     stages = snn.spiking_stages
     events = events or {}
     event_sources = {k for j, stage in enumerate(stages) if j in events for k in stage.source_indices(j)}
@@ -586,7 +597,8 @@ def _run_fast(
     constant = coding == "constant"
     if constant:
         acc.add_constant_input(x)
-    layout = [_conv_layout(s, x) for s in stages]
+    # exact: synapses without an (exact) event form take the reference's layout and calls
+    layout = [(lambda t: t) if exact and i not in events else _conv_layout(s, x) for i, s in enumerate(stages)]
     constant_current = {  # stages reading only the analog input: their current is the same every step
         i: _dense(layout[i](s.synapse(*([layout[i](x)] * len(s.sources or (-1,))))))
         for i, s in enumerate(stages)
@@ -628,7 +640,10 @@ def _run_fast(
                     event = events.get(index)
                     rates = [totals[k] / max(1, f.numel()) for k, f in zip(stage.source_indices(index), flat, strict=True)] if event is not None else []
                     rate = rates[0] if rates else 0.0
-                    if isinstance(event, ResidualEventSynapse):
+                    if exact and event is None:  # as the reference: one call per step, contiguous inputs
+                        steps_in = [i.contiguous() for i in inputs]
+                        current = torch.stack([stage.synapse(*(i[t] for i in steps_in)) for t in range(steps)]).flatten(0, 1)
+                    elif isinstance(event, ResidualEventSynapse):
                         if reuse and index not in buffers and (buffer := event.output_like(flat)) is not None:
                             buffers[index] = buffer
                         out = buffers[index][: len(flat[0])] if index in buffers else None
@@ -657,8 +672,8 @@ def _run_fast(
 
 def _conv_layout(stage: SpikingStage, x: Tensor) -> Callable[[Tensor], Tensor]:
     """How to lay out a stage's 4-D inputs: channels-last for float32 CPU convolutions
-    (oneDNN's fast path; per-image sums are bit-identical to NCHW, tested against the
-    reference), unchanged otherwise."""
+    (oneDNN's fast path; its float sums may round unlike NCHW's, exact on a grid), unchanged
+    otherwise."""
     has_conv = any(isinstance(m, nn.Conv2d) for m in stage.synapse.modules())
     # (applied to the constant current too: a 1-channel input is both layouts at once, and
     # oneDNN then answers in NCHW, which the next stage would have to transpose every step)
