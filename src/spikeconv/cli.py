@@ -231,9 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--exact", action="store_true",
-        help="spikes bit-identical to the step-by-step reference: event-driven synapses only where their sums are "
-        "exact (weights on a power-of-two grid); by default they also run on float weights, whose spikes then "
-        "differ from the reference by float rounding (docs/speed.md says how often)",
+        help="spikes bit-identical to the step-by-step reference on any CPU (slower on float weights): event-driven "
+        "synapses only where their sums are exact (weights on a power-of-two grid), every other synapse called "
+        "step by step as the reference does; by default float sums may round differently, which moves a spike "
+        "very rarely (docs/results/float_events.md)",
     )  # fmt: skip
     p.add_argument(
         "--correlation-images", type=_positive_int, default=100,

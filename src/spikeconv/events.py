@@ -9,9 +9,9 @@ partial sum in any order is exact, and the event-driven current equals the dense
 for bit: fixed-point networks (``simulate(..., fixed_point_bits=...)``) and any net whose
 weights sit on a power-of-two grid. With unrounded float weights the two currents differ
 by float rounding (a few units in the last place), and a spike moves only where a
-membrane potential lands within that of the threshold; ``simulate(..., exact=True)``
-keeps such synapses dense, so that the fast path equals the step reference bit for bit
-(docs/speed.md measures how often spikes move without it).
+membrane potential lands within that of the threshold (docs/results/float_events.md
+measures how often); ``simulate(..., exact=True)`` keeps such synapses dense, called as
+the step reference calls them, so that the fast path equals it bit for bit.
 
 It pays only when the input is sparse and the layer is wide. Per input element, with fan
 the outputs one (pooled) input feeds (KH * KW for a stride-1 convolution, 1 for a linear
