@@ -14,8 +14,8 @@ Writes ``benchmarks/results/float_events.json`` and ``docs/results/float_events.
 Each network's result is saved as soon as it is done; a rerun skips the finished ones
 unless ``--force``. Networks: the Yang MNIST net (committed checkpoint, 10,000 MNIST test
 images), the trained ``vgg-small`` (committed, 10,000 CIFAR-10 test images) and
-Rueckauer's CIFAR-10 net with average pools when ``benchmarks/runs/rueckauer-cifar10-speed.pt``
-exists (its training command is in benchmarks/speed/bench.py), and VGG-16 at a quarter
+Rueckauer's CIFAR-10 net with average pools, on 2,000 seeded test images, when
+``benchmarks/runs/rueckauer-cifar10-speed.pt`` exists (its training command is in benchmarks/speed/bench.py), and VGG-16 at a quarter
 of the width as trained by ``benchmarks/low_latency.py --net vgg-cifar`` (ReLU, 30 epochs,
 spiking max-pool) when its checkpoint exists, on 2,000 seeded test images: a deep net,
 where a moved spike has more layers to travel through.

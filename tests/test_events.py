@@ -529,3 +529,15 @@ def test_residual_graphs_other_than_a_sum_of_convolutions_keep_the_dense_synapse
 
     graph = torch.fx.symbolic_trace(Scaled())
     assert _residual_form(graph, [(4, 6, 6), (4, 6, 6)], torch.float32, exact=False) is None
+
+
+def test_exact_keeps_a_residual_sum_dense_when_any_of_its_convolutions_is_inexact():
+    """exact=True: a sum whose projection shortcut is off the grid is left to the per-step
+    dense path as a whole (its inexact term must be summed as the reference sums it)."""
+    snn = _resnet(grid=True)
+    residual = [j for j, p in _planned(snn, exact=True).items() if isinstance(p, events.ResidualEventSynapse)]
+    projection = max(residual)
+    shortcut = [m for m in snn.spiking_stages[projection].synapse.modules() if isinstance(m, nn.Conv2d)][-1]
+    with torch.no_grad():
+        shortcut.weight[0, 0, 0, 0] += 1e-3  # off the grid
+    assert projection not in _planned(snn, exact=True) and projection in _planned(snn)

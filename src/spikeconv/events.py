@@ -331,9 +331,10 @@ def _residual_form(
         if source not in places or not isinstance(layer, nn.Conv2d):
             return None
         position = places[source]  # type: ignore[index]
-        # a term without an event form runs densely (exact=True: its sums may be inexact,
-        # but it is the dense graph's own term, so the total stays the reference's)
-        terms.append((position, _event_form(layer, shapes[position], 1, False, dtype, exact), layer))
+        event = _event_form(layer, shapes[position], 1, False, dtype, exact)
+        if event is None and exact:
+            return None  # exact: an inexact term must be summed as the reference sums it, step by step
+        terms.append((position, event, layer))  # without an event form, the term runs densely
     if all(event is None for _, event, _ in terms):
         return None
     # the convolutions first, so that the sum starts in a fresh tensor (the kernel's or the layer's)
