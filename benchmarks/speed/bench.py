@@ -21,7 +21,7 @@ made by ``flock /tmp/spikeconv-cpu.lock spikeconv train --model vgg-small --data
 --threads 2 --out benchmarks/runs/vgg-small-cifar10.pt``, about 8 minutes); Rueckauer's
 CIFAR-10 net (trained by ``spikeconv train --model rueckauer-cifar10 --data-root
 ../shared/datasets --epochs 8 --batch-size 64 --lr 1e-3 --seed 0 --flip --pad 4 --threads 2
---out benchmarks/runs/rueckauer-cifar10-speed.pt``, about 20 minutes, checkpoint committed;
+--out benchmarks/runs/rueckauer-cifar10-speed.pt``, about 20 minutes; the checkpoint, 26 MB with its optimizer state, is not committed;
 seeded random weights without it; BatchNorm folded) with average instead of max pooling, as
 the peers have no rate-gated spiking max-pool; and full-width VGG-16 and ResNet-18 in their
 usual CIFAR-10 layouts (``spikeconv.models.vgg16`` with average pools, ``resnet18``), with
