@@ -151,8 +151,8 @@ class ResidualEventSynapse:
     convolutions first, identities last: for two terms that is the dense graph's result
     (float addition commutes); for more, the same sum up to rounding (exact on a grid)."""
 
-    terms: tuple[tuple[int, EventSynapse | None, nn.Module | None], ...]  # (source position, event form, dense layer)
-    c_out: int
+    # (source position, event form, dense layer); the first is a convolution, identities last
+    terms: tuple[tuple[int, EventSynapse | None, nn.Module | None], ...]
 
     def __call__(self, inputs: list[Tensor], rates: list[float], out: Tensor | None = None) -> Tensor:
         """``inputs``: the spikes of each source (``[N, C, H, W]``); ``rates``: their
@@ -167,15 +167,12 @@ class ResidualEventSynapse:
                 term = event(x, out=out if current is None else None, rate=rates[position])
             else:
                 term = dense(x)  # type: ignore[misc]
-            if current is None:
-                current = term.clone() if term is x else term
-            else:
-                current = current.add_(term)
+            current = term if current is None else current.add_(term)  # the first term is a fresh tensor
         return current  # type: ignore[return-value]
 
     def output_like(self, inputs: list[Tensor]) -> Tensor | None:
-        """A buffer for the first term's event convolution (``None`` when the first term is
-        an identity)."""
+        """A buffer for the first term's event convolution (``None`` when that convolution
+        has no event form)."""
         position, event, _ = self.terms[0]
         return None if event is None else event.output_like(inputs[position])
 
@@ -312,8 +309,8 @@ def _residual_form(
 ) -> ResidualEventSynapse | None:
     """``graph`` (a residual stage's synapse) as a sum of identity and convolution terms,
     or ``None`` for any other graph: its output must be one ``Add`` whose inputs are each a
-    source or a ``Conv2d`` of a source, with at least one convolution in event form and
-    the output shape of an identity term."""
+    source or a ``Conv2d`` of a source (used nowhere else), with at least one convolution in
+    event form (with ``exact``: every convolution)."""
     nodes = list(graph.graph.nodes)
     places = {node: i for i, node in enumerate(n for n in nodes if n.op == "placeholder")}
     output = next(n for n in nodes if n.op == "output").args[0]
@@ -339,8 +336,7 @@ def _residual_form(
         return None
     # the convolutions first, so that the sum starts in a fresh tensor (the kernel's or the layer's)
     terms.sort(key=lambda term: term[1] is None and term[2] is None)
-    c_out = next(layer.out_channels for _, _, layer in terms if isinstance(layer, nn.Conv2d))
-    return ResidualEventSynapse(tuple(terms), c_out)
+    return ResidualEventSynapse(tuple(terms))
 
 
 def _flattens_all_but_batch(module: nn.Module) -> bool:
