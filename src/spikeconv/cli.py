@@ -27,13 +27,13 @@ from .data import (
     load_image_folder,
 )
 from .distributed import simulate_distributed
-from .encoders import CODINGS
+from .encoders import CODINGS, INPUT_CODINGS
 from .experiments import run_demo, yang
 from .experiments.yang_report import REPORTS
 from .graph import ConversionError, trace
 from .io import fingerprint, write_json, write_text
 from .io.export import SUBTRACT_RESETS, write_nir
-from .io.nmnist import SaccadeOptions, make_event_dataset
+from .io.nmnist import EventSequences, SaccadeOptions, make_event_dataset
 from .io.report import write_report
 from .io.snn_file import load, network_to_dict, save
 from .io.user_models import (
@@ -50,7 +50,14 @@ from .neurons import RATE_ESTIMATES, RESETS
 from .plotting import plot_accuracy
 from .rules import BASES, RULES
 from .simulate import SEEDINGS, simulate
-from .training import TrainOptions, evaluate_ann, load_model, model_from_record, train
+from .training import (
+    SCHEDULES,
+    TrainOptions,
+    evaluate_ann,
+    load_model,
+    model_from_record,
+    train,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -107,8 +114,9 @@ def _add_data(parser: argparse.ArgumentParser, default: str | None = None, folde
     )  # fmt: skip
     parser.add_argument(
         "--data-root", type=Path, default=None,
-        help="folder holding MNIST/raw/*.gz or cifar10-jpeg/ (not for digits); for --dataset folder: "
-        "<class>/<image> folders, or train/ and test/ each holding them",
+        help="folder holding MNIST/raw/*.gz or cifar10-jpeg/ (not for digits); for nmnist: Train/ and Test/ of "
+        "N-MNIST event files (or spikeconv make-events' --out); for --dataset folder: <class>/<image> folders, or "
+        "train/ and test/ each holding them",
     )  # fmt: skip
 
 
@@ -133,7 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(p, folder=False)
     p.add_argument("--epochs", type=_positive_int, default=10, help="training epochs")
     p.add_argument("--batch-size", type=_positive_int, default=64, help="images per optimizer step")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (cosine-annealed)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument(
+        "--schedule", choices=SCHEDULES, default="cosine",
+        help="learning rate over the run: cosine-annealed to 0, or constant (the course report's protocol)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights, shuffling and augmentation")
     p.add_argument("--crop", type=_positive_int, default=None, help="random crops of this size (test: centre crops)")
     p.add_argument("--flip", action="store_true", help="random horizontal flips")
@@ -218,7 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snn", type=Path, nargs="+", required=True, help="files written by `spikeconv convert`")
     _add_data(p)
     p.add_argument("-T", "--T", dest="T", type=_positive_int, default=100, help="time steps")
-    p.add_argument("--coding", choices=CODINGS, default="constant", help="input coding (constant: analog current)")
+    p.add_argument(
+        "--coding", choices=INPUT_CODINGS, default="constant",
+        help="input coding (constant: analog current; events: --dataset nmnist's recordings, one 1 ms bin per step)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the test subset and of the Poisson draws")
     p.add_argument("--batch-size", type=_positive_int, default=100, help="images simulated at once")
     p.add_argument("--test-size", type=_positive_int, default=None, help="a seeded subset of the test set")
@@ -432,7 +447,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     train_set = load_dataset(name, "train", args.data_root)
     test_set = _load_for_model(name, "test", args.data_root, ZOO[args.model].input_shape, None, args.seed)
     options = TrainOptions(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, crop=args.crop, flip=args.flip,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule, seed=args.seed, crop=args.crop, flip=args.flip,
         pad=args.pad, activation=args.activation, levels=args.levels, theta=args.theta,
         trainable_theta=args.train_theta, shift=args.shift, ril=args.ril, stage2_epochs=args.stage2_epochs,
         stage2_lr=args.stage2_lr,
@@ -538,6 +553,9 @@ def _evaluate(args: argparse.Namespace, run: Any, quiet: bool) -> None:
         test = _load_for_model(
             name, "test", args.data_root, snn.input_shape, args.test_size, args.seed, classes=_classes(snn)
         )
+        data: Any = test
+        if args.coding == "events":
+            data = _event_sequences(name, args).subset(args.test_size, seed=args.seed)
         entry: dict[str, Any] = {"dataset": name}
         if ann is not None and ann.get("format") == USER_MODEL_FORMAT:
             say(f"{path}: converted from {ann['arch']}; its ANN accuracy is not computed here (spikeconv does not "
@@ -545,13 +563,16 @@ def _evaluate(args: argparse.Namespace, run: Any, quiet: bool) -> None:
         elif ann is not None:
             ann_accuracy = entry["ann_accuracy"] = evaluate_ann(model_from_record(ann), test)
         result = run(
-            snn, test, T=args.T, coding=args.coding, seed=args.seed, batch_size=args.batch_size,
+            snn, data, T=args.T, coding=args.coding, seed=args.seed, batch_size=args.batch_size,
             device=args.device, progress=args.progress and not quiet, record_synops=True, seeding=args.seeding,
             exact=args.exact,
         )  # fmt: skip
         entry.update(result.to_dict())
         entry["ann_macs_per_image"] = ann_operations(snn)["total"]
         sample = test.tensors()[0][: args.correlation_images]
+        if isinstance(data, EventSequences):  # the same recordings as events
+            first = EventSequences(data.files[: len(sample)], data.labels[: len(sample)], batch_size=len(sample))
+            sample = next(iter(first))[0]
         entry["rate_correlation"] = rate_correlation(
             snn, sample, T=args.T, coding=args.coding, seed=args.seed, exact=args.exact
         )
@@ -582,6 +603,16 @@ def _evaluate(args: argparse.Namespace, run: Any, quiet: bool) -> None:
     if args.plot:
         plot_accuracy(curves, args.plot, ann_accuracy=ann_accuracy, title=f"accuracy over time ({args.coding} input)")
         print(f"plot -> {args.plot}")
+
+
+def _event_sequences(name: str, args: argparse.Namespace) -> EventSequences:
+    """The test recordings as events, one 1 ms bin per time step (``--coding events``)."""
+    if name != "nmnist":
+        raise ValueError(
+            f"--coding events feeds event recordings one time bin per step; dataset {name!r} has none: use "
+            "--dataset nmnist (N-MNIST or spikeconv make-events output) or another coding"
+        )
+    return EventSequences.from_root(args.data_root, "test", batch_size=args.batch_size)
 
 
 def _resumable(path: Path, settings: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import gzip
 import struct
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "DATASETS",
     "DatasetNotFoundError",
     "ImageDataset",
     "load_dataset",
@@ -28,10 +29,10 @@ __all__ = [
     "load_mnist",
     "load_svhn",
     "read_idx",
-    "DATASETS",
+    "subset_index",
 ]
 
-DATASETS = ("digits", "mnist", "cifar10", "svhn")
+DATASETS = ("digits", "mnist", "cifar10", "svhn", "nmnist")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm")
 
 
@@ -47,6 +48,9 @@ class ImageDataset:
     labels: Tensor
     name: str
     classes: tuple[str, ...]
+    # what a uint8 image is divided by to give the float input: 255 for pixels; event
+    # counts over a recording divide by its number of time bins (spikeconv.io.nmnist)
+    divisor: float = 255.0
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4:
@@ -70,7 +74,7 @@ class ImageDataset:
 
     def as_float(self, images: Tensor) -> Tensor:
         if images.dtype == torch.uint8:
-            return images.float().div_(255.0)
+            return images.float().div_(self.divisor)
         return images.float()
 
     def tensors(self) -> tuple[Tensor, Tensor]:
@@ -81,11 +85,8 @@ class ImageDataset:
         """A fixed, seeded random subset of ``count`` images (all of them when ``None``)."""
         if count is None or count >= len(self):
             return self
-        if count <= 0:
-            raise ValueError(f"subset size must be positive, got {count}")
-        index = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:count]
-        index, _ = index.sort()
-        return ImageDataset(images=self.images[index], labels=self.labels[index], name=self.name, classes=self.classes)
+        index = subset_index(len(self), count, seed)
+        return replace(self, images=self.images[index], labels=self.labels[index])
 
     def center_crop(self, size: int) -> ImageDataset:
         """The central ``size`` x ``size`` crop of every image (Yang's CIFAR-10 test images)."""
@@ -94,7 +95,7 @@ class ImageDataset:
             raise ValueError(f"cannot crop {h}x{w} images of {self.name} to {size}x{size}")
         top, left = (h - size) // 2, (w - size) // 2
         images = self.images[:, :, top : top + size, left : left + size].contiguous()
-        return ImageDataset(images=images, labels=self.labels, name=f"{self.name}-crop{size}", classes=self.classes)
+        return replace(self, images=images, name=f"{self.name}-crop{size}")
 
     def batches(
         self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None
@@ -107,6 +108,15 @@ class ImageDataset:
         for start in range(0, n, batch_size):
             index = order[start : start + batch_size]
             yield self.as_float(self.images[index]), self.labels[index]
+
+
+def subset_index(n: int, count: int, seed: int) -> Tensor:
+    """The sorted indices of a seeded random subset of ``count`` of ``n`` items (what
+    :meth:`ImageDataset.subset` keeps; event sequences pick the same samples)."""
+    if count <= 0:
+        raise ValueError(f"subset size must be positive, got {count}")
+    index = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:count]
+    return index.sort().values
 
 
 def load_digits(split: str = "train") -> ImageDataset:
@@ -263,17 +273,23 @@ def load_svhn(root: str | Path, split: str = "train") -> ImageDataset:
 
 
 def load_dataset(name: str, split: str = "train", data_root: str | Path | None = None) -> ImageDataset:
-    """Load a dataset by name: ``digits`` (embedded), ``mnist``, ``svhn`` (.mat files) or
-    ``cifar10`` (JPEG folders under ``data_root/cifar10-jpeg/{train,test}``)."""
+    """Load a dataset by name: ``digits`` (embedded), ``mnist``, ``svhn`` (.mat files),
+    ``cifar10`` (JPEG folders under ``data_root/cifar10-jpeg/{train,test}``) or ``nmnist``
+    (N-MNIST event files under ``data_root/{Train,Test}``, as frames of mean events per
+    millisecond: :func:`spikeconv.io.nmnist.load_nmnist`)."""
     _check_split(split)
     if name == "digits":
         return load_digits(split)
-    if name in ("mnist", "cifar10", "svhn") and data_root is None:
+    if name in ("mnist", "cifar10", "svhn", "nmnist") and data_root is None:
         raise DatasetNotFoundError(f"dataset {name!r} needs --data-root (data_root=): the folder that holds it")
     if name == "mnist":
         return load_mnist(data_root, split)  # type: ignore[arg-type]
     if name == "svhn":
         return load_svhn(data_root, split)  # type: ignore[arg-type]
+    if name == "nmnist":
+        from .io.nmnist import load_nmnist  # (io.nmnist builds on this module)
+
+        return load_nmnist(data_root, split)  # type: ignore[arg-type]
     if name == "cifar10":
         return load_image_folder(Path(data_root) / "cifar10-jpeg" / split)  # type: ignore[arg-type]
     raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")

@@ -73,14 +73,16 @@ def rate_correlation(
 ) -> dict[str, Any]:
     """Per layer: Pearson correlation between each neuron's firing rate after ``T`` steps
     and its normalized ANN activation clipped to [0, 1] (Rueckauer Fig. 3), and the mean
-    absolute difference. ``images``: a small batch (every neuron's count is kept).
-    ``exact``: as in :func:`~spikeconv.simulate`."""
+    absolute difference. ``images``: a small batch (every neuron's count is kept); for
+    ``coding="events"`` sequences ``[B, T_in, ...]``, whose ANN input is the mean input
+    per step over the ``T`` steps. ``exact``: as in :func:`~spikeconv.simulate`."""
     from .simulate import simulate
 
     result = simulate(snn, images, T=T, coding=coding, seed=seed, record_counts=True, exact=exact)
     if result.spike_counts is None:  # record_counts=True always fills it
         raise RuntimeError("simulate() returned no spike counts")
-    ideal = snn.analog_forward(images.to(next(snn.parameters()).device))
+    mean_input = images[:, :T].sum(1) / T if coding == "events" else images
+    ideal = snn.analog_forward(mean_input.to(next(snn.parameters()).device))
     report = {}
     for (name, counts), target in zip(result.spike_counts.items(), ideal, strict=True):
         rate = counts.double().flatten() / T

@@ -8,6 +8,13 @@ y = 240 marks a timestamp overflow, as in Orchard's reference reader. The sensor
 :func:`events_to_frames` bins events into count images ``[bins, 2, 34, 34]`` (channel 0
 OFF, channel 1 ON), what an ANN trains on.
 
+**Datasets** (:func:`load_nmnist`, :class:`EventSequences`). A recording is about 300 ms
+(three saccades of 100 ms). The ANN trains on *frames*: each pixel's events over the
+recording divided by its number of 1 ms bins, the mean events per bin. The SNN is fed
+either those frames as a constant current, or the events themselves, one bin per time
+step (``simulate(..., coding="events")``); over the recording both inject the same
+charge, so the ANN's input is what the event-fed SNN sees on average.
+
 **Simulated recording** (:func:`saccade_events`). No N-MNIST copy exists on these machines,
 so ``spikeconv make-events`` records MNIST images the way N-MNIST was recorded: the
 28 x 28 image on a 34 x 34 sensor, moved through three saccades along the sides of an
@@ -18,7 +25,7 @@ These are simulated events, not the real dataset; the same reader reads the real
 
 from __future__ import annotations
 
-import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,13 +33,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..data import DatasetNotFoundError, ImageDataset, subset_index
 from .files import write_bytes, write_text
 
 __all__ = [
+    "BIN_US",
     "EVENT_DTYPE",
+    "RECORDING_US",
     "SENSOR",
+    "EventSequences",
     "SaccadeOptions",
+    "event_files",
     "events_to_frames",
+    "load_nmnist",
     "make_event_dataset",
     "read_events",
     "saccade_events",
@@ -42,6 +55,8 @@ __all__ = [
 SENSOR = 34  # pixels on a side
 _MAX_TIME = 2**23 - 1  # microseconds a timestamp can hold
 _OVERFLOW_Y, _OVERFLOW_US = 240, 2**13
+RECORDING_US = 300_000  # one N-MNIST recording: three saccades of about 100 ms
+BIN_US = 1_000  # one time step of event input: 1 ms, 300 per recording
 EVENT_DTYPE = np.dtype([("x", np.uint8), ("y", np.uint8), ("p", np.uint8), ("t", np.uint32)])
 
 
@@ -109,6 +124,108 @@ def events_to_frames(events: np.ndarray, bins: int = 1, duration_us: int | None 
     return frames.view(bins, 2, SENSOR, SENSOR)
 
 
+# ----------------------------------------------------------------------------- datasets
+
+
+def event_files(root: str | Path, split: str) -> tuple[list[Path], Tensor]:
+    """The ``.bin`` files of one split and their labels: ``root/Train/<digit>/*.bin`` (or
+    ``Test``), sorted by digit and name. ``root`` may also hold that layout one folder
+    down, as ``N-MNIST/`` or ``NMNIST/`` (how the real dataset unpacks)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    name = {"train": "Train", "test": "Test"}[split]
+    root = Path(root)
+    candidates = [root / name, root / "N-MNIST" / name, root / "NMNIST" / name]
+    folder = next((c for c in candidates if c.is_dir()), None)
+    if folder is None:
+        raise DatasetNotFoundError(
+            f"no N-MNIST {split} split under {root} (looked for {', '.join(str(c) for c in candidates)}): pass the "
+            "folder holding Train/ and Test/, or make simulated events with `spikeconv make-events`"
+        )
+    files: list[Path] = []
+    labels: list[int] = []
+    for digit in range(10):
+        found = sorted((folder / str(digit)).glob("*.bin"))
+        files += found
+        labels += [digit] * len(found)
+    if not files:
+        raise DatasetNotFoundError(f"{folder} holds no <digit>/*.bin event files")
+    return files, torch.tensor(labels, dtype=torch.int64)
+
+
+def _counts(events: np.ndarray, duration_us: int) -> np.ndarray:
+    """Events per (polarity, y, x) before ``duration_us``: ``[2, 34, 34]``."""
+    kept = events[events["t"] < duration_us]
+    index = (kept["p"].astype(np.int64) * SENSOR + kept["y"]) * SENSOR + kept["x"]
+    return np.bincount(index, minlength=2 * SENSOR * SENSOR).reshape(2, SENSOR, SENSOR)
+
+
+def load_nmnist(
+    root: str | Path, split: str = "train", *, bin_us: int = BIN_US, duration_us: int = RECORDING_US
+) -> ImageDataset:
+    """N-MNIST (or ``spikeconv make-events`` output) as frames ``[N, 2, 34, 34]``: each
+    pixel's events in ``[0, duration_us)`` divided by the recording's number of
+    ``bin_us`` bins, i.e. the mean events per time step of event input (module
+    docstring). Stored as uint8 counts; ``ImageDataset.divisor`` holds the bins."""
+    if bin_us <= 0 or duration_us < bin_us:
+        raise ValueError(f"need 0 < bin_us <= duration_us, got bin_us {bin_us}, duration_us {duration_us}")
+    files, labels = event_files(root, split)
+    counts = np.stack([_counts(read_events(f), duration_us) for f in files])
+    if counts.max() > 255:
+        raise ValueError(f"{root}: a pixel has {counts.max()} events in one recording; frames hold at most 255")
+    return ImageDataset(
+        images=torch.from_numpy(counts.astype(np.uint8)), labels=labels, name=f"nmnist-{split}",
+        classes=tuple(str(d) for d in range(10)), divisor=duration_us / bin_us,
+    )  # fmt: skip
+
+
+class EventSequences:
+    """Batches ``(x, y)`` of event recordings for ``simulate(..., coding="events")``: ``x``
+    ``[B, bins, 2, 34, 34]``, the events of each ``bin_us`` bin of ``[0, duration_us)``,
+    read from the files as they are needed. ``subset(count, seed)`` keeps the recordings
+    that :meth:`ImageDataset.subset` keeps of the frames."""
+
+    def __init__(
+        self, files: list[Path], labels: Tensor, *, batch_size: int = 100, bin_us: int = BIN_US,
+        duration_us: int = RECORDING_US,
+    ) -> None:  # fmt: skip
+        if batch_size <= 0 or bin_us <= 0 or duration_us < bin_us:
+            raise ValueError(f"need batch_size > 0 and 0 < bin_us <= duration_us, got {batch_size}, {bin_us}, {duration_us}")
+        if len(files) != len(labels):
+            raise ValueError(f"{len(files)} event files but {len(labels)} labels")
+        self.files, self.labels = list(files), labels
+        self.batch_size, self.bin_us, self.duration_us = batch_size, bin_us, duration_us
+
+    @classmethod
+    def from_root(cls, root: str | Path, split: str = "test", **options: int) -> EventSequences:
+        files, labels = event_files(root, split)
+        return cls(files, labels, **options)
+
+    @property
+    def bins(self) -> int:
+        return -(-self.duration_us // self.bin_us)
+
+    def subset(self, count: int | None, seed: int = 0) -> EventSequences:
+        if count is None or count >= len(self):
+            return self
+        index = subset_index(len(self), count, seed)
+        return EventSequences(
+            [self.files[i] for i in index.tolist()], self.labels[index], batch_size=self.batch_size,
+            bin_us=self.bin_us, duration_us=self.duration_us,
+        )  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for start in range(0, len(self), self.batch_size):
+            files = self.files[start : start + self.batch_size]
+            x = torch.stack([
+                events_to_frames(read_events(f), self.bins, self.bins * self.bin_us) for f in files
+            ])  # fmt: skip
+            yield x, self.labels[start : start + len(files)]
+
+
 # ----------------------------------------------------------------------------- simulated sensor
 
 
@@ -135,50 +252,52 @@ def _path(t_ms: np.ndarray, options: SaccadeOptions) -> tuple[np.ndarray, np.nda
     return offset[:, 0], offset[:, 1]
 
 
-def _shifted(image: np.ndarray, dx: float, dy: float) -> np.ndarray:
-    """``image`` (28 x 28, values in [0, 1]) on the 34 x 34 sensor at sub-pixel offset
-    (dx, dy) from the top-left, bilinear."""
+def _shifted(image: np.ndarray, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """``image`` (square, values in [0, 1]) on the 34 x 34 sensor at sub-pixel offsets
+    ``(dx[k], dy[k])`` from the top-left, bilinear: ``[len(dx), 34, 34]``. Each frame is
+    ``A_y image A_x^T`` with A's rows the interpolation weights of one sensor row/column."""
     size = image.shape[0]
-    canvas = np.zeros((SENSOR + 1, SENSOR + 1))
-    ix, iy = math.floor(dx), math.floor(dy)
-    fx, fy = dx - ix, dy - iy
-    for oy, wy in ((0, 1 - fy), (1, fy)):
-        for ox, wx in ((0, 1 - fx), (1, fx)):
-            canvas[iy + oy : iy + oy + size, ix + ox : ix + ox + size] += wy * wx * image
-    return canvas[:SENSOR, :SENSOR]
+
+    def weights(offset: np.ndarray) -> np.ndarray:
+        whole = np.floor(offset).astype(np.int64)
+        fraction = offset - whole
+        matrix = np.zeros((len(offset), SENSOR + 1, size))
+        k, j = np.arange(len(offset))[:, None], np.arange(size)[None, :]
+        matrix[k, whole[:, None] + j, j] = (1 - fraction)[:, None]
+        matrix[k, whole[:, None] + j + 1, j] += fraction[:, None]
+        return matrix[:, :SENSOR]  # light moved past the last row/column leaves the sensor
+
+    return weights(dy) @ image @ weights(dx).transpose(0, 2, 1)
 
 
 def saccade_events(image: Tensor | np.ndarray, options: SaccadeOptions | None = None, seed: int = 0) -> np.ndarray:
     """Events of a simulated N-MNIST recording of ``image`` (``[28, 28]`` or ``[1, 28, 28]``,
     values in [0, 1]), sorted by time (see the module docstring). Seeded: the times
-    within each model step are drawn from ``seed``."""
+    within each model step are drawn from ``seed``.
+
+    A pixel's last event leaves its reference level at ``L(0) + m c`` (c the contrast,
+    m an integer), so its events follow from u = (L(t) - L(0)) / c alone: m becomes
+    floor(u) when u rose past it and ceil(u) when u fell below it, and each step's
+    change of m is that many ON (OFF) events."""
     options = options or SaccadeOptions()
     array = np.asarray(image, dtype=np.float64).reshape(-1, np.asarray(image).shape[-1])
     if array.shape[0] != array.shape[1] or array.shape[0] + 2 * options.amplitude > SENSOR:
         raise ValueError(f"image must be square and fit the {SENSOR}-pixel sensor with its motion, got {array.shape}")
     rng = np.random.default_rng(seed)
     steps = round(3 * options.saccade_ms * 1000 / options.step_us)
-    t_ms = np.arange(steps + 1) * options.step_us / 1000.0
-    xs, ys = _path(t_ms, options)
-    level = np.log(options.background + _shifted(array, xs[0], ys[0]))  # each pixel's level at its last event
-    chunks = []
-    for k in range(1, steps + 1):
-        current = np.log(options.background + _shifted(array, xs[k], ys[k]))
-        change = current - level
-        crossings = np.floor(np.abs(change) / options.contrast).astype(np.int64)
-        y, x = np.nonzero(crossings)
-        if len(x):
-            counts = crossings[y, x]
-            polarity = (change[y, x] > 0).astype(np.uint8)
-            level[y, x] += np.sign(change[y, x]) * counts * options.contrast
-            n = int(counts.sum())
-            batch = np.empty(n, dtype=EVENT_DTYPE)
-            batch["x"], batch["y"] = np.repeat(x, counts), np.repeat(y, counts)
-            batch["p"] = np.repeat(polarity, counts)
-            start = (k - 1) * options.step_us
-            batch["t"] = start + rng.integers(0, options.step_us, n)
-            chunks.append(batch)
-    events = np.concatenate(chunks) if chunks else np.empty(0, dtype=EVENT_DTYPE)
+    xs, ys = _path(np.arange(steps + 1) * options.step_us / 1000.0, options)
+    log_intensity = np.log(options.background + _shifted(array, xs, ys))
+    u = (log_intensity - log_intensity[0]) / options.contrast
+    m = np.zeros((steps + 1, SENSOR, SENSOR))
+    for step in range(1, steps + 1):
+        m[step] = np.where(u[step] >= m[step - 1], np.floor(u[step]), np.ceil(u[step]))
+    change = np.diff(m, axis=0).astype(np.int64)  # [steps, y, x]: signed event counts
+    k, y, x = np.nonzero(change)
+    counts = np.abs(change[k, y, x])
+    events = np.empty(int(counts.sum()), dtype=EVENT_DTYPE)
+    events["x"], events["y"] = np.repeat(x, counts), np.repeat(y, counts)
+    events["p"] = np.repeat(change[k, y, x] > 0, counts)
+    events["t"] = np.repeat(k * options.step_us, counts) + rng.integers(0, options.step_us, len(events))
     return events[np.argsort(events["t"], kind="stable")]
 
 
