@@ -23,6 +23,7 @@ import spikeconv
 from spikeconv import UnsupportedModelError
 from spikeconv.graph import ChannelAffine, Scale, fold_batchnorm
 from spikeconv.models import (
+    ZOO,
     ding_cnn,
     preact_resnet18,
     resnet18,
@@ -30,6 +31,7 @@ from spikeconv.models import (
     rueckauer_cifar10,
     vgg16,
     vgg_small,
+    yang_mnist,
 )
 from spikeconv.neurons import GateParams, maxpool_gate
 
@@ -68,6 +70,10 @@ ZOO_CASES = {
     "preact-resnet18": (lambda: preact_resnet18(width=1 / 32), (3, 32, 32), 0.02),
     "resnet20": (lambda: resnet20(width=0.125), (3, 32, 32), 0.03),
     "resnet18": (lambda: resnet18(width=1 / 32), (3, 32, 32), 0.03),
+    # the course report's variants: average pools and BatchNorm after the FC layers too, or no BatchNorm
+    "vgg16-avgbn": (lambda: vgg16(width=1 / 32, pool="avg", batchnorm="all"), (3, 32, 32), 0.03),
+    "vgg16-max-no-bn": (lambda: vgg16(width=1 / 32, batchnorm="none"), (3, 32, 32), 0.03),
+    "yang-nmnist-max": (lambda: yang_mnist(2, 34, "max"), (2, 34, 34), 0.03),
 }
 
 
@@ -421,3 +427,19 @@ def test_conv_maxpool_relu_order_is_rewritten_to_pool_spikes():
     snn = spikeconv.convert(model, x, rule="maxnorm")
     assert [s.gate is not None for s in snn.spiking_stages] == [False, True, False]
     torch.testing.assert_close(snn.analog_forward(x)[-1] * snn.info.mapping.layers[-1].scale, model(x))
+
+
+def test_course_report_variants_have_the_layers_they_name():
+    def count(model, kind):
+        return sum(isinstance(m, kind) for m in model.modules())
+
+    avg, maxbn = ZOO["vgg16-eighth-avg"].build(), ZOO["vgg16-eighth-maxbn"].build()
+    assert count(avg, nn.AvgPool2d) == 5 and count(avg, nn.MaxPool2d) == 0 and count(avg, nn.BatchNorm2d) == 0
+    assert count(maxbn, nn.MaxPool2d) == 5 and count(maxbn, nn.BatchNorm2d) == 13 and count(maxbn, nn.BatchNorm1d) == 2
+    assert avg[0].out_channels == 8  # an eighth of VGG-16's 64
+    assert count(vgg16(), nn.BatchNorm1d) == 0  # the default VGG-16 is unchanged
+    assert ZOO["yang-nmnist"].build()(torch.zeros(1, 2, 34, 34)).shape == (1, 10)
+    with pytest.raises(ValueError, match="pool must be 'avg' or 'max'"):
+        yang_mnist(pool="min")
+    with pytest.raises(ValueError, match="batchnorm must be 'none', 'conv' or 'all'"):
+        vgg16(batchnorm="yes")

@@ -75,3 +75,17 @@ def test_save_model_round_trips_through_load_model(tmp_path):
     json.dumps(summary)  # JSON-ready
     assert [s["name"] for s in summary["stages"]] == [s.name for s in snn.spiking_stages]
     assert summary["mapping"]["rule"] == "maxnorm" and summary["calibration_images"] == 3
+
+
+def test_constant_schedule_keeps_the_learning_rate_and_resumes(tmp_path):
+    data = load_digits("train").subset(64)
+    options = TrainOptions(epochs=2, batch_size=32, lr=3e-3, seed=1, schedule="constant")
+    _, record = train("digits", data, None, options, tmp_path / "c.pt", progress=False)
+    assert record["optimizer"]["param_groups"][0]["lr"] == 3e-3  # cosine would end at 0
+    cosine = TrainOptions(epochs=2, batch_size=32, lr=3e-3, seed=1)
+    _, record = train("digits", data, None, cosine, tmp_path / "k.pt", progress=False)
+    assert record["optimizer"]["param_groups"][0]["lr"] < 1e-9
+    with pytest.raises(ValueError, match="checkpoint .* was written for"):  # the schedule is part of the run
+        train("digits", data, None, cosine, tmp_path / "c.pt", progress=False)
+    with pytest.raises(ValueError, match="schedule must be one of cosine, constant"):
+        TrainOptions(schedule="step")

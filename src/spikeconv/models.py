@@ -1,14 +1,17 @@
 """Model zoo: the networks of Yang et al. 2020 Table 2 and a small net for 8x8 digits
 (ReLU CNNs with zero biases and average pooling, as Yang's rule asks, Sec. 3.5 step 1);
 Rueckauer's CIFAR-10 net and Ding's 7-layer CNN (biases, BatchNorm, max-pooling, softmax);
-VGG-16 and PreActResNet-18 for 32x32 inputs with a width multiplier. Each entry records
-the input shape it expects.
+VGG-16 and PreActResNet-18 for 32x32 inputs with a width multiplier; the course report's
+variants (Yang's MNIST net with max-pools and on 2 x 34 x 34 N-MNIST frames; VGG-16 at an
+eighth of the width with average or max pools, with or without BatchNorm). Each entry
+records the input shape it expects.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -24,12 +27,21 @@ def _conv(cin: int, cout: int, k: int, padding: int = 0) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, k, padding=padding, bias=False)
 
 
-def yang_mnist() -> nn.Sequential:
-    """Yang Table 2, MNIST (28x28 grey): conv5-12, avg-pool/2, conv5-64, avg-pool/2, FC-10."""
+def _pool(kind: str) -> nn.Module:
+    if kind not in ("avg", "max"):
+        raise ValueError(f"pool must be 'avg' or 'max', got {kind!r}")
+    return nn.AvgPool2d(2) if kind == "avg" else nn.MaxPool2d(2)
+
+
+def yang_mnist(in_channels: int = 1, size: int = 28, pool: str = "avg") -> nn.Sequential:
+    """Yang Table 2, MNIST (28x28 grey): conv5-12, avg-pool/2, conv5-64, avg-pool/2, FC-10.
+    ``in_channels``, ``size`` and ``pool`` (``max``) give the course report's variants
+    (N-MNIST frames are 2 x 34 x 34; its "+ Maxpool" rows)."""
+    side = ((size - 4) // 2 - 4) // 2
     return nn.Sequential(
-        _conv(1, 12, 5), nn.ReLU(), nn.AvgPool2d(2),
-        _conv(12, 64, 5), nn.ReLU(), nn.AvgPool2d(2),
-        nn.Flatten(), nn.Dropout(0.5), nn.Linear(64 * 4 * 4, 10, bias=False),
+        _conv(in_channels, 12, 5), nn.ReLU(), _pool(pool),
+        _conv(12, 64, 5), nn.ReLU(), _pool(pool),
+        nn.Flatten(), nn.Dropout(0.5), nn.Linear(64 * side * side, 10, bias=False),
     )  # fmt: skip
 
 
@@ -107,23 +119,30 @@ def ding_cnn(width: float = 1.0, in_channels: int = 1, size: int = 28) -> nn.Seq
 _VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
 
-def vgg16(width: float = 1.0, num_classes: int = 10) -> nn.Sequential:
+def vgg16(width: float = 1.0, num_classes: int = 10, pool: str = "max", batchnorm: str = "conv") -> nn.Sequential:
     """VGG-16 (Simonyan & Zisserman 2015, configuration D) for 32x32 inputs: 13 conv3 layers
     with BatchNorm and ReLU, five 2x2 max-pools, then FC-512, FC-512, FC-classes (the
-    usual CIFAR variant). ``width`` multiplies every layer's channels."""
+    usual CIFAR variant). ``width`` multiplies every layer's channels. The course report's
+    variants: ``pool="avg"`` average-pools; ``batchnorm="none"`` drops every BatchNorm
+    (its AVG and MAX), ``"all"`` puts one after the hidden FC layers too (AVGBN, MAXBN)."""
+    if batchnorm not in ("none", "conv", "all"):
+        raise ValueError(f"batchnorm must be 'none', 'conv' or 'all', got {batchnorm!r}")
     layers: list[nn.Module] = []
     cin = 3
     for item in _VGG16:
         if item == "M":
-            layers.append(nn.MaxPool2d(2))
+            layers.append(_pool(pool))
         else:
             cout = _width(int(item), width)
-            layers += _conv_bn_relu(cin, cout)
+            conv = nn.Conv2d(cin, cout, 3, padding=1)
+            layers += [conv, nn.ReLU()] if batchnorm == "none" else [conv, nn.BatchNorm2d(cout), nn.ReLU()]
             cin = cout
     hidden = _width(512, width)
-    layers += [nn.Flatten(), nn.Linear(cin, hidden), nn.ReLU(), nn.Dropout(0.5), nn.Linear(hidden, hidden), nn.ReLU(),
-               nn.Dropout(0.5), nn.Linear(hidden, num_classes)]  # fmt: skip
-    return nn.Sequential(*layers)
+    layers.append(nn.Flatten())
+    for fan_in in (cin, hidden):
+        norm = [nn.BatchNorm1d(hidden)] if batchnorm == "all" else []
+        layers += [nn.Linear(fan_in, hidden), *norm, nn.ReLU(), nn.Dropout(0.5)]
+    return nn.Sequential(*layers, nn.Linear(hidden, num_classes))
 
 
 def vgg_small() -> nn.Sequential:
@@ -277,6 +296,18 @@ ZOO: dict[str, ZooEntry] = {
     "resnet20": ZooEntry(build=resnet20, input_shape=(3, 32, 32), dataset="cifar10"),
     "resnet18": ZooEntry(build=resnet18, input_shape=(3, 32, 32), dataset="cifar10"),
     "vgg16-quarter": ZooEntry(build=vgg16_quarter, input_shape=(3, 32, 32), dataset="cifar10"),
+    # the course report's nets (brown-course-report-cnn-to-snn.md Tables 1-3)
+    "yang-mnist-max": ZooEntry(build=partial(yang_mnist, pool="max"), input_shape=(1, 28, 28), dataset="mnist"),
+    "yang-nmnist": ZooEntry(build=partial(yang_mnist, 2, 34), input_shape=(2, 34, 34), dataset="nmnist"),
+    "yang-nmnist-max": ZooEntry(build=partial(yang_mnist, 2, 34, "max"), input_shape=(2, 34, 34), dataset="nmnist"),
+    **{
+        f"vgg16-eighth-{pool}{'bn' if bn else ''}": ZooEntry(
+            build=partial(vgg16, 0.125, pool=pool, batchnorm="all" if bn else "none"), input_shape=(3, 32, 32),
+            dataset="cifar10",
+        )
+        for bn in (False, True)
+        for pool in ("avg", "max")
+    },
 }
 
 

@@ -29,17 +29,19 @@ from .io import fingerprint, load_torch, save_torch
 from .models import ZOO, build_model
 
 __all__ = [
-    "TrainOptions", "augment", "build_trainable", "evaluate_ann", "load_model", "model_from_record", "save_model", "train",
+    "SCHEDULES", "TrainOptions", "augment", "build_trainable", "evaluate_ann", "load_model", "model_from_record", "save_model", "train",
 ]  # fmt: skip
 
 MODEL_FORMAT = "spikeconv-model/1"
+SCHEDULES = ("cosine", "constant")
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainOptions:
     epochs: int = 10
     batch_size: int = 64
-    lr: float = 1e-3  # Adam, cosine-annealed to 0 over the run
+    lr: float = 1e-3  # Adam
+    schedule: str = "cosine"  # the learning rate: cosine-annealed to 0 over the run, or constant (the course report)
     weight_decay: float = 0.0
     seed: int = 0
     crop: int | None = None  # random crops of this size for training (Yang's CIFAR-10: 24 from 32)
@@ -64,6 +66,8 @@ class TrainOptions:
     def __post_init__(self) -> None:
         if self.epochs <= 0 or self.batch_size <= 0 or self.lr <= 0:
             raise ValueError(f"epochs, batch_size and lr must be positive: {self}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.pad < 0:
             raise ValueError(f"pad must be >= 0, got {self.pad}")
         self.activation_factory()  # refuses unknown activations and options that do not belong
@@ -134,7 +138,11 @@ def train(
         )
     optimizer = torch.optim.Adam(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
     steps_per_epoch = -(-len(train_set) // options.batch_size)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.epochs * steps_per_epoch)
+    scheduler: torch.optim.lr_scheduler.LRScheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.epochs * steps_per_epoch)
+        if options.schedule == "cosine"
+        else torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
+    )
     generator = torch.Generator().manual_seed(options.seed)
     history: list[dict[str, float]] = []
     start_epoch = 0
