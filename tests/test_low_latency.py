@@ -4,6 +4,7 @@ and advanced), Ding's stage-2 threshold training, and the synaptic-operation cou
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -275,6 +276,13 @@ def test_fit_curves_and_log_scale_accuracy_plots_are_written(tmp_path):
     plot_fit_curves({"max-norm": curves, "again": curves}, tmp_path / "k.png", title="K")
     plot_accuracy({"a": torch.linspace(10, 90, 16)}, tmp_path / "a.png", log_steps=True, ann_accuracy=91.0)
     assert (tmp_path / "k.png").stat().st_size > 1000 and (tmp_path / "a.png").stat().st_size > 1000
+    assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the format from the suffix
+    plot_accuracy({"a": torch.linspace(10, 90, 16)}, tmp_path / "a.pdf")
+    assert (tmp_path / "a.pdf").read_bytes()[:5] == b"%PDF-"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a.png").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
 
 
 def test_an_unused_stage2_learning_rate_does_not_block_resuming(digits, tmp_path):

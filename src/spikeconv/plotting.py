@@ -3,13 +3,13 @@ without a display)."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
+
+from .io.files import write_with
 
 __all__ = ["new_figure", "plot_accuracy", "plot_fit_curves", "save_figure"]
 
@@ -26,20 +26,16 @@ def new_figure(panels: int = 1, width: float = 6.4) -> tuple[Any, Any]:
 
 
 def save_figure(fig: Any, path: str | Path) -> None:
-    """Write ``fig`` atomically to ``path`` (format from its suffix) and close it."""
+    """Write ``fig`` atomically to ``path`` (format from its suffix, permissions from the
+    umask) and close it."""
     import matplotlib.pyplot as plt
 
     path = Path(path)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
+        write_with(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png"))
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
 
 
 def _tab20(k: int) -> Any:
