@@ -21,7 +21,8 @@ recording); y_th swept over THRESHOLDS. On events the SNN runs both ways, fed th
 the ANN was trained on (as a constant current) and fed the events themselves.
 
 **Table 3** (CIFAR-10): VGG-16 at an eighth of the width (8-16-32-64-64 channels, FC-64;
-what trains in about 10 min on two cores) with threshold ReLU, y_th = 1 without BatchNorm
+what trains in about 10 min on two cores; He init, without which AVG and MAX stay at
+chance) with threshold ReLU, y_th = 1 without BatchNorm
 and 3 with, average or max pools (AVG, MAX, AVGBN, MAXBN); 20 epochs of Adam at a constant
 lr 1e-3, batch 64, random crops (pad 4) and flips, three seeds; SNN at T = 128 and 256
 (analog input) on the 10,000 test images.
@@ -426,7 +427,7 @@ def report_cifar(path: Path) -> None:
         "",
         _command(results, name) + ".",
         "",
-        "VGG-16 at an eighth of the width (8-16-32-64-64 channels, FC-64) with threshold ReLU (y_th = 1 without "
+        "VGG-16 at an eighth of the width (8-16-32-64-64 channels, FC-64, He init) with threshold ReLU (y_th = 1 without "
         "BatchNorm, 3 with), 20 epochs of Adam at a constant lr 1e-3, batch 64, random crops (pad 4) and flips; "
         f"SNN: analog input, reset by subtraction, IF threshold = y_th, {results['test_images']} test images. Mean ± "
         "standard deviation over seeds; loss = ANN - SNN in points. The report's VGG-16 is full width.",

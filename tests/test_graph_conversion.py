@@ -438,6 +438,9 @@ def test_course_report_variants_have_the_layers_they_name():
     assert count(maxbn, nn.MaxPool2d) == 5 and count(maxbn, nn.BatchNorm2d) == 13 and count(maxbn, nn.BatchNorm1d) == 2
     assert avg[0].out_channels == 8  # an eighth of VGG-16's 64
     assert count(vgg16(), nn.BatchNorm1d) == 0  # the default VGG-16 is unchanged
+    torch.manual_seed(0)
+    conv = avg[2]  # the second convolution: He init, std sqrt(2 / fan-out) = sqrt(2 / (8 * 9)), zero bias
+    assert abs(float(conv.weight.detach().std()) - (2 / 72) ** 0.5) < 0.02 and not conv.bias.any()
     assert ZOO["yang-nmnist"].build()(torch.zeros(1, 2, 34, 34)).shape == (1, 10)
     with pytest.raises(ValueError, match="pool must be 'avg' or 'max'"):
         yang_mnist(pool="min")

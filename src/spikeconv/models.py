@@ -3,7 +3,7 @@
 Rueckauer's CIFAR-10 net and Ding's 7-layer CNN (biases, BatchNorm, max-pooling, softmax);
 VGG-16 and PreActResNet-18 for 32x32 inputs with a width multiplier; the course report's
 variants (Yang's MNIST net with max-pools and on 2 x 34 x 34 N-MNIST frames; VGG-16 at an
-eighth of the width with average or max pools, with or without BatchNorm). Each entry
+eighth of the width with average or max pools, with or without BatchNorm, He init). Each entry
 records the input shape it expects.
 """
 
@@ -119,12 +119,18 @@ def ding_cnn(width: float = 1.0, in_channels: int = 1, size: int = 28) -> nn.Seq
 _VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
 
-def vgg16(width: float = 1.0, num_classes: int = 10, pool: str = "max", batchnorm: str = "conv") -> nn.Sequential:
+def vgg16(
+    width: float = 1.0, num_classes: int = 10, pool: str = "max", batchnorm: str = "conv", he_init: bool = False
+) -> nn.Sequential:
     """VGG-16 (Simonyan & Zisserman 2015, configuration D) for 32x32 inputs: 13 conv3 layers
     with BatchNorm and ReLU, five 2x2 max-pools, then FC-512, FC-512, FC-classes (the
     usual CIFAR variant). ``width`` multiplies every layer's channels. The course report's
     variants: ``pool="avg"`` average-pools; ``batchnorm="none"`` drops every BatchNorm
-    (its AVG and MAX), ``"all"`` puts one after the hidden FC layers too (AVGBN, MAXBN)."""
+    (its AVG and MAX), ``"all"`` puts one after the hidden FC layers too (AVGBN, MAXBN).
+    ``he_init``: weights drawn as He et al. 2015 (normal, std sqrt(2 / fan-out) for the
+    convolutions, sqrt(2 / fan-in) for the FC layers), biases zero. Without BatchNorm the
+    default init leaves a 13-layer VGG at chance (measured: loss 2.304 after 150 Adam
+    steps at an eighth of the width; 2.25 with He init)."""
     if batchnorm not in ("none", "conv", "all"):
         raise ValueError(f"batchnorm must be 'none', 'conv' or 'all', got {batchnorm!r}")
     layers: list[nn.Module] = []
@@ -142,7 +148,14 @@ def vgg16(width: float = 1.0, num_classes: int = 10, pool: str = "max", batchnor
     for fan_in in (cin, hidden):
         norm = [nn.BatchNorm1d(hidden)] if batchnorm == "all" else []
         layers += [nn.Linear(fan_in, hidden), *norm, nn.ReLU(), nn.Dropout(0.5)]
-    return nn.Sequential(*layers, nn.Linear(hidden, num_classes))
+    model = nn.Sequential(*layers, nn.Linear(hidden, num_classes))
+    if he_init:
+        for module in model.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                mode = "fan_out" if isinstance(module, nn.Conv2d) else "fan_in"
+                nn.init.kaiming_normal_(module.weight, mode=mode, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+    return model
 
 
 def vgg_small() -> nn.Sequential:
@@ -302,7 +315,8 @@ ZOO: dict[str, ZooEntry] = {
     "yang-nmnist-max": ZooEntry(build=partial(yang_mnist, 2, 34, "max"), input_shape=(2, 34, 34), dataset="nmnist"),
     **{
         f"vgg16-eighth-{pool}{'bn' if bn else ''}": ZooEntry(
-            build=partial(vgg16, 0.125, pool=pool, batchnorm="all" if bn else "none"), input_shape=(3, 32, 32),
+            build=partial(vgg16, 0.125, pool=pool, batchnorm="all" if bn else "none", he_init=True),
+            input_shape=(3, 32, 32),
             dataset="cifar10",
         )
         for bn in (False, True)
