@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -152,9 +153,10 @@ def vgg16(
     if he_init:
         for module in model.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
-                mode = "fan_out" if isinstance(module, nn.Conv2d) else "fan_in"
-                nn.init.kaiming_normal_(module.weight, mode=mode, nonlinearity="relu")
-                nn.init.zeros_(module.bias)
+                fan: Literal["fan_in", "fan_out"] = "fan_out" if isinstance(module, nn.Conv2d) else "fan_in"
+                nn.init.kaiming_normal_(module.weight, mode=fan, nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
     return model
 
 
