@@ -153,13 +153,6 @@ def event_files(root: str | Path, split: str) -> tuple[list[Path], Tensor]:
     return files, torch.tensor(labels, dtype=torch.int64)
 
 
-def _counts(events: np.ndarray, duration_us: int) -> np.ndarray:
-    """Events per (polarity, y, x) before ``duration_us``: ``[2, 34, 34]``."""
-    kept = events[events["t"] < duration_us]
-    index = (kept["p"].astype(np.int64) * SENSOR + kept["y"]) * SENSOR + kept["x"]
-    return np.bincount(index, minlength=2 * SENSOR * SENSOR).reshape(2, SENSOR, SENSOR)
-
-
 def load_nmnist(
     root: str | Path, split: str = "train", *, bin_us: int = BIN_US, duration_us: int = RECORDING_US
 ) -> ImageDataset:
@@ -170,11 +163,11 @@ def load_nmnist(
     if bin_us <= 0 or duration_us < bin_us:
         raise ValueError(f"need 0 < bin_us <= duration_us, got bin_us {bin_us}, duration_us {duration_us}")
     files, labels = event_files(root, split)
-    counts = np.stack([_counts(read_events(f), duration_us) for f in files])
+    counts = torch.cat([events_to_frames(read_events(f), 1, duration_us) for f in files])
     if counts.max() > 255:
-        raise ValueError(f"{root}: a pixel has {counts.max()} events in one recording; frames hold at most 255")
+        raise ValueError(f"{root}: a pixel has {counts.max():.0f} events in one recording; frames hold at most 255")
     return ImageDataset(
-        images=torch.from_numpy(counts.astype(np.uint8)), labels=labels, name=f"nmnist-{split}",
+        images=counts.to(torch.uint8), labels=labels, name=f"nmnist-{split}",
         classes=tuple(str(d) for d in range(10)), divisor=duration_us / bin_us,
     )  # fmt: skip
 
