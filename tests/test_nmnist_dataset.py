@@ -102,6 +102,8 @@ def test_frames_are_mean_events_per_bin_and_sequences_sum_to_them(event_root):
     images, _ = frames.tensors()
     assert torch.equal(x.sum(1) / 300, images)
     assert torch.equal(frames.images.long(), x.sum(1).long())
+    head = EventSequences(files, labels, batch_size=5, bin_us=3000).first(7)  # one batch, options kept
+    assert [tuple(b[0].shape[:2]) for b in head] == [(7, 100)] and torch.equal(head.labels, labels[:7])
     # a subset keeps the same recordings on both paths
     part_frames, part_sequences = frames.subset(5, seed=3), sequences.subset(5, seed=3)
     assert torch.equal(part_frames.labels, part_sequences.labels)

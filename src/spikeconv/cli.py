@@ -571,8 +571,7 @@ def _evaluate(args: argparse.Namespace, run: Any, quiet: bool) -> None:
         entry["ann_macs_per_image"] = ann_operations(snn)["total"]
         sample = test.tensors()[0][: args.correlation_images]
         if isinstance(data, EventSequences):  # the same recordings as events
-            first = EventSequences(data.files[: len(sample)], data.labels[: len(sample)], batch_size=len(sample))
-            sample = next(iter(first))[0]
+            sample = next(iter(data.first(len(sample))))[0]
         entry["rate_correlation"] = rate_correlation(
             snn, sample, T=args.T, coding=args.coding, seed=args.seed, exact=args.exact
         )

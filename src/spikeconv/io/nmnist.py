@@ -127,6 +127,11 @@ def events_to_frames(events: np.ndarray, bins: int = 1, duration_us: int | None 
 # ----------------------------------------------------------------------------- datasets
 
 
+def _check_bins(bin_us: int, duration_us: int) -> None:
+    if bin_us <= 0 or duration_us < bin_us:
+        raise ValueError(f"need 0 < bin_us <= duration_us, got bin_us {bin_us}, duration_us {duration_us}")
+
+
 def event_files(root: str | Path, split: str) -> tuple[list[Path], Tensor]:
     """The ``.bin`` files of one split and their labels: ``root/Train/<digit>/*.bin`` (or
     ``Test``), sorted by digit and name. ``root`` may also hold that layout one folder
@@ -160,8 +165,7 @@ def load_nmnist(
     pixel's events in ``[0, duration_us)`` divided by the recording's number of
     ``bin_us`` bins, i.e. the mean events per time step of event input (module
     docstring). Stored as uint8 counts; ``ImageDataset.divisor`` holds the bins."""
-    if bin_us <= 0 or duration_us < bin_us:
-        raise ValueError(f"need 0 < bin_us <= duration_us, got bin_us {bin_us}, duration_us {duration_us}")
+    _check_bins(bin_us, duration_us)
     files, labels = event_files(root, split)
     counts = torch.cat([events_to_frames(read_events(f), 1, duration_us) for f in files])
     if counts.max() > 255:
@@ -182,8 +186,9 @@ class EventSequences:
         self, files: list[Path], labels: Tensor, *, batch_size: int = 100, bin_us: int = BIN_US,
         duration_us: int = RECORDING_US,
     ) -> None:  # fmt: skip
-        if batch_size <= 0 or bin_us <= 0 or duration_us < bin_us:
-            raise ValueError(f"need batch_size > 0 and 0 < bin_us <= duration_us, got {batch_size}, {bin_us}, {duration_us}")
+        _check_bins(bin_us, duration_us)
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
         if len(files) != len(labels):
             raise ValueError(f"{len(files)} event files but {len(labels)} labels")
         self.files, self.labels = list(files), labels
@@ -201,10 +206,18 @@ class EventSequences:
     def subset(self, count: int | None, seed: int = 0) -> EventSequences:
         if count is None or count >= len(self):
             return self
-        index = subset_index(len(self), count, seed)
+        return self._select(subset_index(len(self), count, seed).tolist())
+
+    def first(self, count: int) -> EventSequences:
+        """The first ``count`` recordings, as one batch."""
+        chosen = self._select(list(range(min(count, len(self)))))
+        chosen.batch_size = max(1, len(chosen))
+        return chosen
+
+    def _select(self, index: list[int]) -> EventSequences:
         return EventSequences(
-            [self.files[i] for i in index.tolist()], self.labels[index], batch_size=self.batch_size,
-            bin_us=self.bin_us, duration_us=self.duration_us,
+            [self.files[i] for i in index], self.labels[index], batch_size=self.batch_size, bin_us=self.bin_us,
+            duration_us=self.duration_us,
         )  # fmt: skip
 
     def __len__(self) -> int:
