@@ -32,8 +32,8 @@ from typing import Any
 import torch
 
 import spikeconv
-from spikeconv.data import load_dataset
 from spikeconv.io import write_json, write_text
+from spikeconv.io.data import load_dataset
 from spikeconv.plotting import plot_accuracy
 from spikeconv.training import TrainOptions, evaluate_ann, train
 

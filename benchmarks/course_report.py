@@ -48,8 +48,8 @@ from typing import Any
 import torch
 
 import spikeconv
-from spikeconv.data import ImageDataset, load_dataset
 from spikeconv.io import write_json, write_text
+from spikeconv.io.data import ImageDataset, load_dataset
 from spikeconv.io.nmnist import EventSequences
 from spikeconv.plotting import new_figure, plot_accuracy, save_figure
 from spikeconv.training import TrainOptions, evaluate_ann, train

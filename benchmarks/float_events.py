@@ -1,6 +1,6 @@
 """How often event-driven synapses on float weights move a spike (issue 17).
 
-With unrounded float weights the event-driven synapses (``spikeconv.events``) sum in
+With unrounded float weights the event-driven synapses (``spikeconv.sim.events``) sum in
 another order than the dense convolution, so a current can differ by float rounding and
 a membrane that lands within it of the threshold fires one step earlier or later. This
 script measures how often that changes what users read off a run, on trained networks with
@@ -36,8 +36,8 @@ import torch
 from torch import nn
 
 import spikeconv
-from spikeconv.data import load_dataset
 from spikeconv.io import write_json, write_text
+from spikeconv.io.data import load_dataset
 from spikeconv.training import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,7 +133,7 @@ def main() -> None:
         + (f" --T {args.T}" if args.T != 100 else "") + (f" --images {args.images}" if args.images else ""),
         "T": args.T, "images_option": args.images, "torch_threads": torch.get_num_threads(),
         "machine": f"{platform.machine()}, torch {torch.__version__}",
-        "kernel": spikeconv._kernel.available(),
+        "kernel": spikeconv.sim.kernels.available(),
     })  # fmt: skip
     results.setdefault("networks", {})
     for name in NETWORKS:

@@ -34,9 +34,9 @@ from typing import Any
 import torch
 
 import spikeconv
-from spikeconv.calibration import calibrate_snn
-from spikeconv.data import ImageDataset, load_dataset
+from spikeconv.conversion.calibration import calibrate_snn
 from spikeconv.io import write_json, write_text
+from spikeconv.io.data import ImageDataset, load_dataset
 from spikeconv.metrics import ann_operations, fit_curve
 from spikeconv.plotting import plot_accuracy, plot_fit_curves
 from spikeconv.training import TrainOptions, evaluate_ann, train

@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import spikeconv
-from spikeconv.activations import QCFS, ThresholdReLU, replace_relus
-from spikeconv.data import load_digits
+from spikeconv.conversion.activations import QCFS, ThresholdReLU, replace_relus
 from spikeconv.io import write_json, write_text
+from spikeconv.io.data import load_digits
 from spikeconv.models import build_model
 from spikeconv.plotting import plot_accuracy
 from spikeconv.training import evaluate_ann

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from spikeconv.data import load_mnist
 from spikeconv.experiments import RuleSetting, compare_rules
 from spikeconv.experiments.compare import LATENCY_TEXT
 from spikeconv.io import write_json, write_text
+from spikeconv.io.data import load_mnist
 from spikeconv.plotting import plot_accuracy
 from spikeconv.training import TrainOptions, train
 

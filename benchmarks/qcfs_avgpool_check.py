@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 import spikeconv
-from spikeconv.activations import QCFS, replace_relus
-from spikeconv.data import load_dataset
+from spikeconv.conversion.activations import QCFS, replace_relus
+from spikeconv.io.data import load_dataset
 from spikeconv.models import ding_cnn
 from spikeconv.training import evaluate_ann
 

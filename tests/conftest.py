@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from spikeconv.calibrate import ActivationStats
-from spikeconv.data import load_digits
+from spikeconv.conversion.calibrate import ActivationStats
+from spikeconv.io.data import load_digits
 from spikeconv.training import TrainOptions, train
 
 torch.set_num_threads(min(2, torch.get_num_threads()))

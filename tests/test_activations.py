@@ -11,7 +11,7 @@ from conftest import exact, grid_images, round_parameters
 from torch import nn
 
 import spikeconv
-from spikeconv.activations import (
+from spikeconv.conversion.activations import (
     QCFS,
     RateNorm,
     ThresholdReLU,

@@ -157,15 +157,15 @@ def test_convert_sets_the_initial_potential_and_refuses_bad_values(digits_model,
 
 def test_evaluate_exact_keeps_float_synapses_dense_and_records_it(snn_path, tmp_path, monkeypatch):
     """--exact reaches simulate(): no event synapse runs on the digits net's float weights."""
-    from spikeconv import _kernel
+    from spikeconv.sim import kernels
 
     calls: list[int] = []
-    original = _kernel.event_conv
-    monkeypatch.setattr(_kernel, "event_conv", lambda *a, **k: calls.append(1) or original(*a, **k))
-    monkeypatch.setattr("spikeconv.events.MIN_SPEEDUP", 0.0)
+    original = kernels.event_conv
+    monkeypatch.setattr(kernels, "event_conv", lambda *a, **k: calls.append(1) or original(*a, **k))
+    monkeypatch.setattr("spikeconv.sim.events.MIN_SPEEDUP", 0.0)
     out = tmp_path / "exact.json"
     assert main(["evaluate", "--snn", str(snn_path), "-T", "10", "--test-size", "30", "--exact", "--quiet",
                  "--out", str(out)]) == 0  # fmt: skip
     assert not calls and json.loads(out.read_text())["exact"] is True
     assert main(["evaluate", "--snn", str(snn_path), "-T", "10", "--test-size", "30", "--quiet"]) == 0
-    assert calls or not _kernel.available()
+    assert calls or not kernels.available()

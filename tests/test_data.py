@@ -8,7 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-from spikeconv.data import DatasetNotFoundError, load_dataset, load_digits, load_image_folder, load_mnist, read_idx
+from spikeconv.io.data import (
+    DatasetNotFoundError,
+    load_dataset,
+    load_digits,
+    load_image_folder,
+    load_mnist,
+    read_idx,
+)
 
 
 def _write_idx(path, array: np.ndarray) -> None:
@@ -96,7 +103,7 @@ def test_subset_is_seeded():
 def test_svhn_mat_files_are_read_with_label_10_as_zero(tmp_path):
     from scipy.io import savemat
 
-    from spikeconv.data import load_svhn
+    from spikeconv.io.data import load_svhn
 
     rng = np.random.default_rng(2)
     x = rng.integers(0, 256, size=(32, 32, 3, 5), dtype=np.uint8)
@@ -115,7 +122,7 @@ def test_center_crop_and_training_augmentation():
     from spikeconv.training import TrainOptions, augment
 
     images = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).view(2, 3, 32, 32)
-    from spikeconv.data import ImageDataset
+    from spikeconv.io.data import ImageDataset
 
     data = ImageDataset(images=images, labels=torch.tensor([0, 1]), name="x", classes=("a", "b"))
     crop = data.center_crop(24)

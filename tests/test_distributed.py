@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from conftest import exact, grid_images, small_cnn
 
 import spikeconv
-from spikeconv.distributed import merge_results, shard, simulate_distributed
+from spikeconv.sim.distributed import merge_results, shard, simulate_distributed
 
 T, BATCH = 12, 4
 

@@ -6,16 +6,21 @@ import sys
 
 import pytest
 import torch
+from conftest import grid_images, on_grid, random_images, round_parameters
 from hypothesis import given
 from hypothesis import strategies as st
-from conftest import grid_images, on_grid, random_images, round_parameters
 from torch import nn
 
 import spikeconv
-from spikeconv import _kernel, events
-from spikeconv.events import event_synapses, exact_sums, grid_bits, predicted_speedup
+from spikeconv.sim import events, kernels
+from spikeconv.sim.events import (
+    event_synapses,
+    exact_sums,
+    grid_bits,
+    predicted_speedup,
+)
 
-pytestmark = pytest.mark.skipif(not _kernel.available(), reason="no C compiler")
+pytestmark = pytest.mark.skipif(not kernels.available(), reason="no C compiler")
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -36,7 +41,7 @@ def test_event_conv_equals_pool_then_dense_conv_bit_for_bit(seed):
     with torch.inference_mode():
         dense = conv(nn.functional.avg_pool2d(spikes, pool) if pool > 1 else spikes)
         weight = (conv.weight / pool**2).permute(2, 3, 1, 0).contiguous()
-        event = _kernel.event_conv(spikes, weight, conv.bias, pool=pool, stride=stride, padding=padding)
+        event = kernels.event_conv(spikes, weight, conv.bias, pool=pool, stride=stride, padding=padding)
     assert event.shape == dense.shape and event.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(event, dense)
 
@@ -56,7 +61,7 @@ def test_scatter_path_equals_the_dense_convolution(c_in):
                 spikes = (torch.rand(5, c_in, 9, 11) < rate).float().contiguous(memory_format=torch.channels_last)
                 with torch.inference_mode():
                     dense = conv(spikes)
-                    scattered = _kernel.event_conv(spikes, weight, conv.bias, pool=1, stride=1, padding=padding, scatter=True)
+                    scattered = kernels.event_conv(spikes, weight, conv.bias, pool=1, stride=1, padding=padding, scatter=True)
                 assert torch.equal(scattered, dense), (kh, kw, padding, rate)
     conv = nn.Conv2d(c_in, 16, 3, padding=1)  # pooled inputs: each spike adds its weights / 4
     round_parameters(conv)
@@ -64,13 +69,13 @@ def test_scatter_path_equals_the_dense_convolution(c_in):
     with torch.inference_mode():
         dense = conv(nn.functional.avg_pool2d(spikes, 2))
         weight = (conv.weight / 4).permute(2, 3, 1, 0).contiguous()
-        assert torch.equal(_kernel.event_conv(spikes, weight, conv.bias, pool=2, stride=1, padding=1, scatter=True), dense)
+        assert torch.equal(kernels.event_conv(spikes, weight, conv.bias, pool=2, stride=1, padding=1, scatter=True), dense)
 
 
 def test_event_conv_without_avx512_lists_the_same_spikes(monkeypatch):
     """The portable spike listing (a scalar loop, for CPUs without AVX-512) against the dense
     convolution, on pooled rows whose length is not a multiple of 16."""
-    monkeypatch.setattr(_kernel, "_library", _kernel._build(("-mno-avx512f",)))
+    monkeypatch.setattr(kernels, "_library", kernels._build(("-mno-avx512f",)))
     torch.manual_seed(0)
     for c_in, pool, padding in ((3, 1, 1), (12, 2, 0), (20, 4, 2)):
         conv = nn.Conv2d(c_in, 32, 3, padding=padding)
@@ -79,14 +84,14 @@ def test_event_conv_without_avx512_lists_the_same_spikes(monkeypatch):
         with torch.inference_mode():
             dense = conv(nn.functional.avg_pool2d(spikes, pool) if pool > 1 else spikes)
             weight = (conv.weight / pool**2).permute(2, 3, 1, 0).contiguous()
-            event = _kernel.event_conv(spikes, weight, conv.bias, pool=pool, stride=1, padding=padding)
+            event = kernels.event_conv(spikes, weight, conv.bias, pool=pool, stride=1, padding=padding)
         assert torch.equal(event, dense), (c_in, pool)
     conv = nn.Conv2d(20, 16, 3, padding=1)  # the scatter path's portable listing
     round_parameters(conv)
     spikes = (torch.rand(5, 20, 12, 12) < 0.1).float().contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         weight = conv.weight.permute(2, 3, 1, 0).contiguous()
-        scattered = _kernel.event_conv(spikes, weight, conv.bias, pool=1, stride=1, padding=1, scatter=True)
+        scattered = kernels.event_conv(spikes, weight, conv.bias, pool=1, stride=1, padding=1, scatter=True)
         assert torch.equal(scattered, conv(spikes))
 
 
@@ -142,13 +147,13 @@ def _planned(snn: spikeconv.SpikingNetwork, exact: bool = False) -> dict[int, ev
 
 def _spy(monkeypatch) -> list[int]:
     calls: list[int] = []  # output channels of each call
-    original = _kernel.event_conv
+    original = kernels.event_conv
 
     def counted(*args, **kwargs):
         calls.append(int(args[1].shape[3]))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(_kernel, "event_conv", counted)
+    monkeypatch.setattr(kernels, "event_conv", counted)
     return calls
 
 
@@ -177,7 +182,7 @@ def test_simulation_with_event_synapses_equals_the_reference(monkeypatch, coding
 def test_buffers_reused_over_time_chunks_of_unequal_length_keep_the_reference_spikes(monkeypatch):
     """Chunks of 3 steps over T = 20 (the last one shorter): the event currents and the
     constant-current stage's spikes go to buffers reused by every chunk."""
-    module = sys.modules["spikeconv.simulate"]  # the package's `simulate` is the function
+    module = sys.modules["spikeconv.sim.simulate"]  # the package's `simulate` is the function
     monkeypatch.setattr(module, "_chunk_steps", lambda T, batch, step_bytes, memory_bytes: 3)
     monkeypatch.setattr(events, "MIN_SPEEDUP", 0.0)
     snn = _grid_net()
@@ -205,8 +210,8 @@ def test_sixteen_output_convolutions_scatter_at_low_rates_and_keep_the_reference
     monkeypatch.setattr(events, "MIN_SPEEDUP", 0.0)
     monkeypatch.setattr(events, "SCATTER_MAX_RATE", 0.3)  # these inputs fire at about 10-40 %
     calls: list[tuple[int, bool]] = []  # (kernel height, scattered)
-    original = _kernel.event_conv
-    monkeypatch.setattr(_kernel, "event_conv", lambda *a, **k: calls.append((a[1].shape[0], k["scatter"])) or original(*a, **k))
+    original = kernels.event_conv
+    monkeypatch.setattr(kernels, "event_conv", lambda *a, **k: calls.append((a[1].shape[0], k["scatter"])) or original(*a, **k))
     images = grid_images(10, seed=2, dtype=torch.float32)
     kwargs = {"T": 30, "coding": "constant", "record_trains": True}
     fast = spikeconv.simulate(snn, images, **kwargs)
@@ -290,7 +295,7 @@ def test_event_conv_on_float_weights_is_the_dense_sum_within_rounding(c_in, c_ou
     with torch.no_grad():
         layer.weight.copy_(weight)
         layer.bias.copy_(bias)
-    from spikeconv.events import _event_form
+    from spikeconv.sim.events import _event_form
 
     synapse = _event_form(layer, (c_in, 16, 16), pool, False, torch.float32, exact=False)
     assert synapse is not None and _event_form(layer, (c_in, 16, 16), pool, False, torch.float32) is None
@@ -333,10 +338,10 @@ def test_kernels_without_openmp_split_images_over_python_threads(monkeypatch):
     monkeypatch.setattr(events, "MIN_SPEEDUP", 0.0)
     images = grid_images(12, seed=5, dtype=torch.float32)
     with_openmp = spikeconv.simulate(snn, images, T=20, record_trains=True)
-    monkeypatch.setattr(_kernel, "_has_openmp", lambda library: False)
+    monkeypatch.setattr(kernels, "_has_openmp", lambda library: False)
     pools: list[int] = []
-    executor = _kernel._executor
-    monkeypatch.setattr(_kernel, "_executor", lambda threads: pools.append(threads) or executor(threads))
+    executor = kernels._executor
+    monkeypatch.setattr(kernels, "_executor", lambda threads: pools.append(threads) or executor(threads))
     threads = spikeconv.simulate(snn, images, T=20, record_trains=True)
     assert pools, "the kernels did not run on Python threads"
     for name in with_openmp.spike_trains:
@@ -345,7 +350,7 @@ def test_kernels_without_openmp_split_images_over_python_threads(monkeypatch):
 
 
 def test_event_forms_are_kept_per_network_until_a_weight_changes_in_place(monkeypatch):
-    module = sys.modules["spikeconv.simulate"]
+    module = sys.modules["spikeconv.sim.simulate"]
     found: list[int] = []
     monkeypatch.setattr(module, "event_synapses", lambda *a: found.append(1) or event_synapses(*a))
     monkeypatch.setattr(events, "MIN_SPEEDUP", 0.0)
@@ -381,7 +386,7 @@ def test_event_forms_are_kept_per_network_until_a_weight_changes_in_place(monkey
 def test_linear_layers_run_event_driven_only_on_flat_inputs():
     """A linear layer on a 3-d map without a flatten acts on the last dimension only; the
     event form (a kernel over the whole map) would be wrong there, so it is refused."""
-    from spikeconv.events import _event_form
+    from spikeconv.sim.events import _event_form
 
     layer = nn.Linear(4, 32)
     round_parameters(layer)
@@ -424,21 +429,21 @@ def test_event_conv_refuses_inputs_it_cannot_run_and_says_what_to_pass():
     weight = torch.zeros(3, 3, 4, 32)
     nchw = torch.zeros(2, 4, 5, 5)
     with pytest.raises(ValueError, match="channels-last.*contiguous\\(memory_format=torch.channels_last\\)"):
-        _kernel.event_conv(nchw, weight, None, pool=1, stride=1, padding=1)
+        kernels.event_conv(nchw, weight, None, pool=1, stride=1, padding=1)
     spikes = nchw.contiguous(memory_format=torch.channels_last)
     with pytest.raises(ValueError, match=r"multiple of 16, got \[3, 3, 4, 24\].*permute"):
-        _kernel.event_conv(spikes, torch.zeros(3, 3, 4, 24), None, pool=1, stride=1, padding=1)
+        kernels.event_conv(spikes, torch.zeros(3, 3, 4, 24), None, pool=1, stride=1, padding=1)
     with pytest.raises(ValueError, match=r"\[KH, KW, 4, C_out\]"):
-        _kernel.event_conv(spikes, torch.zeros(3, 3, 5, 32), None, pool=1, stride=1, padding=1)
+        kernels.event_conv(spikes, torch.zeros(3, 3, 5, 32), None, pool=1, stride=1, padding=1)
     with pytest.raises(ValueError, match=r"out must be a float32 channels-last tensor of shape \[2, 32, 5, 5\]"):
-        _kernel.event_conv(spikes, weight, None, pool=1, stride=1, padding=1, out=torch.empty(2, 32, 5, 5))
+        kernels.event_conv(spikes, weight, None, pool=1, stride=1, padding=1, out=torch.empty(2, 32, 5, 5))
     out = torch.full((2, 32, 5, 5), float("nan")).contiguous(memory_format=torch.channels_last)
-    assert _kernel.event_conv(spikes, weight, None, pool=1, stride=1, padding=1, out=out) is out and not out.isnan().any()
-    assert _kernel.event_lists_fit(32, 64, 512, 1, 9) and not _kernel.event_lists_fit(2**16, 2**8, 2**7, 1, 9)
-    assert not _kernel.event_lists_fit(8, 512, 512, 1, 2**13)  # a large kernel alone overflows
+    assert kernels.event_conv(spikes, weight, None, pool=1, stride=1, padding=1, out=out) is out and not out.isnan().any()
+    assert kernels.event_lists_fit(32, 64, 512, 1, 9) and not kernels.event_lists_fit(2**16, 2**8, 2**7, 1, 9)
+    assert not kernels.event_lists_fit(8, 512, 512, 1, 2**13)  # a large kernel alone overflows
     wide = torch.zeros(1, 1, 1, 2**17).contiguous(memory_format=torch.channels_last)  # 2^17 x 1 x 2^14 = 2^31
     with pytest.raises(ValueError, match="int32 spike lists.*dense layer"):
-        _kernel.event_conv(wide, torch.zeros(1, 1, 1, 2**14), None, pool=1, stride=1, padding=0)
+        kernels.event_conv(wide, torch.zeros(1, 1, 1, 2**14), None, pool=1, stride=1, padding=0)
 
 
 class _Block(nn.Module):
@@ -517,7 +522,7 @@ def test_residual_stages_with_float_weights_stay_within_rounding_of_the_referenc
 
 
 def test_residual_graphs_other_than_a_sum_of_convolutions_keep_the_dense_synapse():
-    from spikeconv.events import _residual_form
+    from spikeconv.sim.events import _residual_form
 
     class Scaled(nn.Module):  # a scaled identity: not a term the event form takes
         def __init__(self) -> None:

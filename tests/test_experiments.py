@@ -8,9 +8,9 @@ from conftest import random_images, small_cnn
 
 import spikeconv
 from spikeconv.cli import main
-from spikeconv.data import ImageDataset
+from spikeconv.conversion.rules import map_scales, smallest_unsaturated_n
 from spikeconv.experiments import yang
-from spikeconv.rules import map_scales, smallest_unsaturated_n
+from spikeconv.io.data import ImageDataset
 
 
 def _setup(n_images=40):
@@ -132,8 +132,8 @@ def test_noise_with_poisson_input_clips_like_a_bernoulli_draw_of_the_noisy_value
     """AWGN pushes pixels outside [0, 1]; Poisson coding refuses such input, so the noise
     experiment clips it: the same spikes as u < x for the unclipped x (never below 0,
     always above 1), and the experiment runs with its default, Poisson, input."""
-    from spikeconv.encoders import encode
     from spikeconv.noise import awgn
+    from spikeconv.sim.encoders import encode
 
     model, traced, stats, test = _setup(20)
     images = test.tensors()[0].double()

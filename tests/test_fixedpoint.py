@@ -5,7 +5,7 @@ import torch
 from conftest import grid_images, random_images, small_cnn
 
 import spikeconv
-from spikeconv.fixedpoint import FixedPoint, quantize_network
+from spikeconv.sim.fixedpoint import FixedPoint, quantize_network
 
 
 def test_format_range_and_rounding():

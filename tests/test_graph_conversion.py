@@ -21,7 +21,7 @@ from torch import nn
 
 import spikeconv
 from spikeconv import UnsupportedModelError
-from spikeconv.graph import ChannelAffine, Scale, fold_batchnorm
+from spikeconv.conversion.graph import ChannelAffine, Scale, fold_batchnorm
 from spikeconv.models import (
     ZOO,
     ding_cnn,
@@ -33,7 +33,7 @@ from spikeconv.models import (
     vgg_small,
     yang_mnist,
 )
-from spikeconv.neurons import GateParams, maxpool_gate
+from spikeconv.sim.neurons import GateParams, maxpool_gate
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

@@ -12,9 +12,9 @@ from conftest import exact, grid_images, random_images, small_cnn
 from torch import nn
 
 import spikeconv
-from spikeconv.activations import RateNorm
-from spikeconv.calibrate import ActivationObserver
-from spikeconv.calibration import calibrate_snn
+from spikeconv.conversion.activations import RateNorm
+from spikeconv.conversion.calibrate import ActivationObserver
+from spikeconv.conversion.calibration import calibrate_snn
 from spikeconv.metrics import ann_operations, synaptic_fanouts
 from spikeconv.training import TrainOptions, train
 
@@ -127,7 +127,7 @@ def test_calibration_of_a_residual_network_puts_the_bias_at_the_synapse_output()
     images = random_images(64, dtype=torch.float32)
     snn = spikeconv.convert(Residual().eval(), images, rule="maxnorm")
     calibrated = calibrate_snn(snn, images, T=8)
-    assert any(isinstance(m, spikeconv.graph.ChannelAffine) for m in calibrated.modules())
+    assert any(isinstance(m, spikeconv.conversion.graph.ChannelAffine) for m in calibrated.modules())
     for layer in calibrated.info.calibration["layers"].values():
         assert layer["error_after"] <= layer["error_before"]
 

@@ -8,7 +8,7 @@ from hypothesis import given, reject, settings
 from hypothesis import strategies as st
 
 import spikeconv
-from spikeconv.neurons import IFParams, if_step
+from spikeconv.sim.neurons import IFParams, if_step
 
 
 def run(inputs: list[float], params: IFParams) -> tuple[list[int], list[float]]:

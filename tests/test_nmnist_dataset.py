@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from spikeconv.cli import main
-from spikeconv.data import DatasetNotFoundError, load_dataset
+from spikeconv.io.data import DatasetNotFoundError, load_dataset
 from spikeconv.io.nmnist import (
     BIN_US,
     RECORDING_US,

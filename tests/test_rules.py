@@ -15,8 +15,8 @@ from conftest import (
 )
 
 import spikeconv
-from spikeconv.calibrate import ActivationObserver
-from spikeconv.rules import membrane_bits
+from spikeconv.conversion.calibrate import ActivationObserver
+from spikeconv.conversion.rules import membrane_bits
 
 
 def _activations(model, images):

@@ -7,8 +7,8 @@ import torch
 from conftest import exact, grid_images, on_grid, random_images, small_cnn
 
 import spikeconv
-from spikeconv.encoders import encode
 from spikeconv.metrics import latency, steps_to_reach
+from spikeconv.sim.encoders import encode
 
 
 def _convert(reset: str, readout: str = "spikes", dtype=torch.float64, rule="nscaling"):
@@ -70,7 +70,7 @@ def test_time_chunking_does_not_change_the_result(coding, dtype):
 def test_sums_held_back_and_flushed_at_any_point_give_the_same_result(monkeypatch):
     """Spike sums and the readout are processed in bulk; flushing after every chunk (one
     element) or once at the end must give the same totals and accuracy curve."""
-    module = sys.modules["spikeconv.simulate"]  # the package's `simulate` is the function
+    module = sys.modules["spikeconv.sim.simulate"]  # the package's `simulate` is the function
     snn = _convert("subtract", dtype=torch.float32)
     images, labels = grid_images(16, seed=3, dtype=torch.float32), torch.arange(16) % 5
     run = lambda: spikeconv.simulate(snn, (images, labels), T=30, memory_bytes=1, record_trains=True)
@@ -119,7 +119,7 @@ def test_poisson_encoder_rate_matches_intensity():
 
 
 def test_ties_in_spike_count_are_broken_by_membrane_potential():
-    from spikeconv.simulate import _Readout
+    from spikeconv.sim.simulate import _Readout
 
     class Fake:
         readout = "spikes"
@@ -168,8 +168,8 @@ def test_rates_and_spike_totals_are_consistent():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_fused_kernel_and_tensor_loop_give_the_reference_spikes(monkeypatch, readout, dtype):
     """Reset to zero with V_min (clamped in the IF step, not in the integrate-only output)."""
-    from spikeconv import _kernel
-    from spikeconv.neurons import if_step
+    from spikeconv.sim import kernels
+    from spikeconv.sim.neurons import if_step
 
     snn = _convert("zero", readout=readout, dtype=dtype)
     assert snn.spiking_stages[0].neuron.v_min is not None
@@ -182,12 +182,12 @@ def test_fused_kernel_and_tensor_loop_give_the_reference_spikes(monkeypatch, rea
             clamped.append(bool((v + z < params.v_min).any()))
         return if_step(z, v, params)
 
-    monkeypatch.setattr(sys.modules["spikeconv.simulate"], "if_step", step)
+    monkeypatch.setattr(sys.modules["spikeconv.sim.simulate"], "if_step", step)
     reference = spikeconv.simulate(snn, images, method="reference", **kwargs)
     assert any(clamped), "V_min is never reached: the test would not cover the clamp"
     assert reference.spikes_per_image.sum() > 0
     _assert_same(spikeconv.simulate(snn, images, method="fast", **kwargs), reference)
-    monkeypatch.setattr(_kernel, "supports", lambda current: False)
+    monkeypatch.setattr(kernels, "supports", lambda current: False)
     _assert_same(spikeconv.simulate(snn, images, method="fast", **kwargs), reference)
 
 
@@ -229,23 +229,23 @@ def test_sub_batches_give_the_same_labels_and_accuracy_curve():
 def test_fused_kernel_in_channels_last_layout_steps_like_if_step(reset, v_min):
     """The kernel takes any per-image-dense layout (the simulator hands it channels-last
     currents) and must update every neuron exactly as if_step, in place or not."""
-    from spikeconv import _kernel
-    from spikeconv.neurons import IFParams, if_step
+    from spikeconv.sim import kernels
+    from spikeconv.sim.neurons import IFParams, if_step
 
-    if not _kernel.available():
+    if not kernels.available():
         pytest.skip("no C compiler")
     params = IFParams(threshold=0.75, reset=reset, v_min=v_min)
     gen = torch.Generator().manual_seed(3)
     flat = on_grid(torch.rand(24, 5, 3, 3, generator=gen) - 0.3)  # exact membrane sums (as threshold and V_min)
     flat = flat.contiguous(memory_format=torch.channels_last)
     current = flat.unflatten(0, (6, 4))  # [steps, B, C, H, W], as the simulator makes it
-    assert _kernel.dense_blocks(current, 2) and not current.is_contiguous()
-    assert not _kernel.dense_blocks(current.transpose(0, 1), 2)
+    assert kernels.dense_blocks(current, 2) and not current.is_contiguous()
+    assert not kernels.dense_blocks(current.transpose(0, 1), 2)
     for inplace in (False, True):
         z = current.clone(memory_format=torch.preserve_format)
         v = torch.zeros_like(z[0])
-        spikes = z if inplace else _kernel.steps_like(v, len(z))
-        counts = _kernel.if_recurrence(
+        spikes = z if inplace else kernels.steps_like(v, len(z))
+        counts = kernels.if_recurrence(
             z, v, mode=reset, threshold=0.75, v_min=v_min, saturate=None, spikes=spikes, membranes=None
         )
         v_ref = torch.zeros(4, 5, 3, 3)
@@ -254,7 +254,7 @@ def test_fused_kernel_in_channels_last_layout_steps_like_if_step(reset, v_min):
             assert torch.equal(spikes[k], s_ref) and torch.equal(counts[k], s_ref.flatten(1).sum(1, dtype=torch.float64))
         assert torch.equal(v, v_ref)
     with pytest.raises(ValueError, match="layout"):
-        _kernel.if_recurrence(
+        kernels.if_recurrence(
             current, torch.zeros(4, 5, 3, 3), mode=reset, threshold=0.75, v_min=v_min, saturate=None,
             spikes=torch.empty_like(current), membranes=None,
         )  # fmt: skip
@@ -263,19 +263,19 @@ def test_fused_kernel_in_channels_last_layout_steps_like_if_step(reset, v_min):
 def test_layouts_compare_without_size_one_dimensions():
     """A 1-channel (or 1x1) map is NCHW and channels-last at once: its size-1 strides are
     arbitrary and must not make the kernel refuse it; a real permutation still differs."""
-    from spikeconv import _kernel
+    from spikeconv.sim import kernels
 
-    if not _kernel.available():
+    if not kernels.available():
         pytest.skip("no C compiler")
     last = torch.channels_last
     one = torch.rand(6, 4, 1, 3, 3)  # [steps, B, 1, H, W], plain layout
-    assert _kernel.same_layout(torch.zeros(4, 1, 3, 3).contiguous(memory_format=last), 1, one, 2)
+    assert kernels.same_layout(torch.zeros(4, 1, 3, 3).contiguous(memory_format=last), 1, one, 2)
     one_by_one = torch.zeros(8, 7, 1, 1).contiguous(memory_format=last).unflatten(0, (2, 4))
-    assert _kernel.same_layout(torch.zeros(4, 7, 1, 1), 1, one_by_one, 2)
-    assert not _kernel.same_layout(torch.zeros(4, 5, 3, 3), 1, torch.zeros(4, 5, 3, 3).contiguous(memory_format=last), 1)
-    assert not _kernel.same_layout(torch.zeros(4, 5, 3, 3), 1, torch.zeros(2, 4, 5, 3, 2), 2)  # shapes differ
+    assert kernels.same_layout(torch.zeros(4, 7, 1, 1), 1, one_by_one, 2)
+    assert not kernels.same_layout(torch.zeros(4, 5, 3, 3), 1, torch.zeros(4, 5, 3, 3).contiguous(memory_format=last), 1)
+    assert not kernels.same_layout(torch.zeros(4, 5, 3, 3), 1, torch.zeros(2, 4, 5, 3, 2), 2)  # shapes differ
     v = torch.zeros(4, 1, 3, 3).contiguous(memory_format=last)
-    counts = _kernel.if_recurrence(
+    counts = kernels.if_recurrence(
         one, v, mode="subtract", threshold=0.5, v_min=None, saturate=None, spikes=one.clone(), membranes=None
     )
     assert counts.shape == (6, 4)

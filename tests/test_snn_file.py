@@ -12,7 +12,7 @@ from conftest import exact, grid_images, small_cnn
 from torch import fx, nn
 
 import spikeconv
-from spikeconv.calibration import calibrate_snn
+from spikeconv.conversion.calibration import calibrate_snn
 from spikeconv.io import save_torch
 from spikeconv.io.snn_file import SNN_VERSION, SNNFileError
 from spikeconv.models import ZOO

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import spikeconv
-from spikeconv.data import load_digits
+from spikeconv.io.data import load_digits
 from spikeconv.training import TrainOptions, load_model, train
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 import spikeconv
 from spikeconv.cli import main
-from spikeconv.graph import UnsupportedModelError
+from spikeconv.conversion.graph import UnsupportedModelError
 from spikeconv.io.user_models import load_user_model, with_normalization
 
 

@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 import spikeconv
-from spikeconv.data import load_digits
 from spikeconv.io import write_json, write_text
+from spikeconv.io.data import load_digits
 from spikeconv.io.export import from_nir, read_nir_graph, write_nir
 from spikeconv.training import evaluate_ann
 

@@ -82,8 +82,8 @@ import torch
 from torch import Tensor, nn
 
 import spikeconv
-from spikeconv.data import load_dataset, load_mnist
 from spikeconv.io import write_json, write_text
+from spikeconv.io.data import load_dataset, load_mnist
 from spikeconv.models import build_model
 from spikeconv.training import load_model
 
@@ -284,7 +284,9 @@ def _count_over_steps(snn: nn.Module, x: Tensor, T: int) -> Tensor:
 def run_spikingjelly(ann: nn.Sequential, calibration: Tensor) -> Runner:
     from spikingjelly.activation_based import functional, neuron
     from spikingjelly.activation_based.ann2snn import Converter
-    from spikingjelly.activation_based.ann2snn.recipes.rate_coding import RateCodingRecipe
+    from spikingjelly.activation_based.ann2snn.recipes.rate_coding import (
+        RateCodingRecipe,
+    )
 
     recipe = RateCodingRecipe(
         dataloader=[calibration[:200]], mode="Max",
@@ -608,7 +610,7 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "python": sys.version.split()[0],
         "versions": {p: version(p) for p in ("torch", "spikeconv", "spikingjelly", "sinabs", "snntorch")},
-        "kernel": spikeconv._kernel.available(),  # noqa: SLF001
+        "kernel": spikeconv.sim.kernels.available(),  # noqa: SLF001
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "repeats": args.repeats,

@@ -1,6 +1,6 @@
-"""Times the event-driven synapse (``spikeconv._kernel.event_conv``) against the dense
+"""Times the event-driven synapse (``spikeconv.sim.kernels.event_conv``) against the dense
 ``avg_pool2d`` + ``conv2d`` on layer shapes of converted nets at spike rates 2.5-30 %, and
-fits the cost model that ``spikeconv.events`` uses to choose between them.
+fits the cost model that ``spikeconv.sim.events`` uses to choose between them.
 
     flock /tmp/spikeconv-cpu.lock python benchmarks/speed/event_costs.py
 
@@ -17,7 +17,7 @@ by merging, per output row, the lists of the KH rows it reads: a separate merge 
 output row, pooled column and kernel row, was collinear with this one and fitted no
 better); dense time = d * macs + e * pooled (the multiply-adds, and the pooling pass; d
 fitted apart for linear layers, whose GEMM runs at another speed). Fitted by least squares
-on absolute times, then expressed in units of b as in ``spikeconv.events``.
+on absolute times, then expressed in units of b as in ``spikeconv.sim.events``.
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from spikeconv import _kernel
-from spikeconv.events import (
+from spikeconv.io import write_json
+from spikeconv.sim import kernels
+from spikeconv.sim.events import (
     CACHED_WEIGHT_BYTES,
     MIN_SPEEDUP,
     EventCosts,
     predicted_speedup,
 )
-from spikeconv.io import write_json
 
 CONV_SHAPES = [  # (C_in, H, C_out, kernel, padding, pool): layers of the Yang, VGG and Rueckauer nets and wider ones
     (12, 24, 64, 5, 0, 2), (16, 32, 16, 3, 1, 1), (16, 32, 32, 3, 1, 2), (32, 16, 32, 3, 1, 1),
@@ -91,7 +91,7 @@ def time_layer(layer: nn.Module, c_in: int, size: int, pool: int, padding: int, 
             return layer(x if isinstance(layer, nn.Conv2d) else x.flatten(1))
 
         def event() -> torch.Tensor:
-            out = _kernel.event_conv(spikes, weight, layer.bias, pool=pool, stride=1, padding=padding)
+            out = kernels.event_conv(spikes, weight, layer.bias, pool=pool, stride=1, padding=padding)
             return out if isinstance(layer, nn.Conv2d) else out.view(BATCH, -1)
 
         assert torch.equal(dense(), event())
@@ -133,7 +133,7 @@ def main() -> None:
     linears = [r for r in rows if r["layer"] == "Linear"]
     (d_lin,), *_ = np.linalg.lstsq(np.array([[r["macs"]] for r in linears]), [r["dense_s"] - e * r["pooled"] for r in linears], rcond=None)
     costs = EventCosts(scan=a / b, range=c / b, big_weights_add=b_big / b, mac=d / b, linear_mac=d_lin / b, pool=e / b)
-    for r in rows:  # the runtime's model (spikeconv.events.predicted_speedup) with this fit
+    for r in rows:  # the runtime's model (spikeconv.sim.events.predicted_speedup) with this fit
         r["predicted_speedup"] = predicted_speedup(
             r["adds"] * 16 / (r["elements"] * r["fan"] * r["c_out"]), r["fan"], r["c_out"], r["pool"],
             ranges_per_element=r["ranges"] / r["elements"], weight_bytes=r["weight_bytes"],

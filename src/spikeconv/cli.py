@@ -15,23 +15,22 @@ import torch
 from torch import fx, nn
 
 from . import __version__
-from .activations import ACTIVATIONS
-from .calibrate import calibrate
-from .calibration import CALIBRATIONS, calibrate_snn
-from .convert import build_snn
-from .data import (
+from .conversion.activations import ACTIVATIONS
+from .conversion.calibrate import calibrate
+from .conversion.calibration import CALIBRATIONS, calibrate_snn
+from .conversion.convert import build_snn
+from .conversion.graph import ConversionError, trace
+from .conversion.rules import BASES, RULES
+from .experiments import run_demo, yang
+from .experiments.yang_report import REPORTS
+from .io import fingerprint, write_json, write_text
+from .io.data import (
     DATASETS,
     DatasetNotFoundError,
     ImageDataset,
     load_dataset,
     load_image_folder,
 )
-from .distributed import simulate_distributed
-from .encoders import CODINGS, INPUT_CODINGS
-from .experiments import run_demo, yang
-from .experiments.yang_report import REPORTS
-from .graph import ConversionError, trace
-from .io import fingerprint, write_json, write_text
 from .io.export import SUBTRACT_RESETS, write_nir
 from .io.nmnist import EventSequences, SaccadeOptions, make_event_dataset
 from .io.report import write_report
@@ -45,11 +44,12 @@ from .io.user_models import (
 )
 from .metrics import ann_operations, conversion_loss, rate_correlation
 from .models import ZOO
-from .network import READOUTS, SpikingNetwork
-from .neurons import RATE_ESTIMATES, RESETS
 from .plotting import plot_accuracy
-from .rules import BASES, RULES
-from .simulate import SEEDINGS, simulate
+from .sim.distributed import simulate_distributed
+from .sim.encoders import CODINGS, INPUT_CODINGS
+from .sim.network import READOUTS, SpikingNetwork
+from .sim.neurons import RATE_ESTIMATES, RESETS
+from .sim.simulate import SEEDINGS, simulate
 from .training import (
     SCHEDULES,
     TrainOptions,
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pad", type=int, default=0, help="zero-pad by this many pixels before the random crop (CIFAR-10: 4)")
     p.add_argument(
         "--activation", choices=ACTIVATIONS, default="relu",
-        help="train every ReLU as this (spikeconv.activations): threshold ReLU, QCFS or Rate Norm Layer",
+        help="train every ReLU as this (spikeconv.conversion.activations): threshold ReLU, QCFS or Rate Norm Layer",
     )  # fmt: skip
     p.add_argument("--levels", type=_positive_int, default=8, help="qcfs: quantization levels L")
     p.add_argument("--theta", type=float, default=None, help="threshold / qcfs: the clip value (default: 1 / 8)")

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from .graph import ChannelAffine, Scale
-from .network import SpikingNetwork
+from .conversion.graph import ChannelAffine, Scale
+from .sim.network import SpikingNetwork
 
 __all__ = [
     "LATENCY_Z", "ann_operations", "conversion_loss", "fit_curve", "latency", "latency_margin", "rate_correlation",
@@ -76,7 +76,7 @@ def rate_correlation(
     absolute difference. ``images``: a small batch (every neuron's count is kept); for
     ``coding="events"`` sequences ``[B, T_in, ...]``, whose ANN input is the mean input
     per step over the ``T`` steps. ``exact``: as in :func:`~spikeconv.simulate`."""
-    from .simulate import simulate
+    from .sim.simulate import simulate
 
     result = simulate(snn, images, T=T, coding=coding, seed=seed, record_counts=True, exact=exact)
     if result.spike_counts is None:  # record_counts=True always fills it
@@ -102,7 +102,7 @@ def fit_curve(snn: SpikingNetwork, images: Tensor, T: int, coding: str = "consta
     [0, 1]), summed over all neurons of the layer and all ``images``. ``{layer: [T]}``; with
     constant input Theorem 2 bounds it by ``2 Omega / t`` (:func:`rate_inference_loss` of
     r_hat), for the first layer exactly."""
-    from .simulate import simulate
+    from .sim.simulate import simulate
 
     result = simulate(snn, images, T=T, coding=coding, seed=seed, record_trains=True)
     if result.spike_trains is None:  # record_trains=True always fills it

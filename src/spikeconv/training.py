@@ -17,15 +17,15 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .activations import (
+from .conversion.activations import (
     RateNorm,
     make_activation,
     rate_inference_loss,
     rate_norm_outputs,
     replace_relus,
 )
-from .data import ImageDataset
 from .io import fingerprint, load_torch, save_torch
+from .io.data import ImageDataset
 from .models import ZOO, build_model
 
 __all__ = [
@@ -47,7 +47,7 @@ class TrainOptions:
     crop: int | None = None  # random crops of this size for training (Yang's CIFAR-10: 24 from 32)
     flip: bool = False  # random horizontal flips for training
     pad: int = 0  # zero-pad by this much before the random crop (the usual CIFAR-10 protocol: 4)
-    # the activation every ReLU is trained as (spikeconv.activations): relu, threshold, qcfs, ratenorm
+    # the activation every ReLU is trained as (spikeconv.conversion.activations): relu, threshold, qcfs, ratenorm
     activation: str = "relu"
     levels: int = 8  # qcfs: quantization levels L
     theta: float | None = None  # threshold / qcfs: the clip value (default 1 / 8)

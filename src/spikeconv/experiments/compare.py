@@ -11,13 +11,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..calibrate import calibrate
-from ..convert import build_snn
-from ..data import ImageDataset
-from ..graph import trace
+from ..conversion.calibrate import calibrate
+from ..conversion.convert import build_snn
+from ..conversion.graph import trace
+from ..io.data import ImageDataset
 from ..metrics import conversion_loss
+from ..sim.simulate import simulate
 from ..training import evaluate_ann
-from ..simulate import simulate
 
 __all__ = ["RuleSetting", "compare_rules", "markdown_table", "DEFAULT_STEPS"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..data import load_digits
 from ..io import write_json, write_text
+from ..io.data import load_digits
 from ..plotting import plot_accuracy
 from ..training import TrainOptions, train
 from .compare import RuleSetting, compare_rules, markdown_table

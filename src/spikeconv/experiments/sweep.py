@@ -42,16 +42,16 @@ from typing import Any
 
 import torch
 
-from ..calibrate import calibrate
-from ..convert import build_snn
-from ..data import ImageDataset, load_dataset
-from ..graph import trace
+from ..conversion.calibrate import calibrate
+from ..conversion.convert import build_snn
+from ..conversion.graph import trace
+from ..conversion.rules import RULES
 from ..io import fingerprint, load_torch, save_torch, write_json, write_text
+from ..io.data import ImageDataset, load_dataset
 from ..io.snn_file import from_plain_data, to_plain_data
 from ..models import ZOO
 from ..noise import NOISE_KINDS, distort
-from ..rules import RULES
-from ..simulate import simulate
+from ..sim.simulate import simulate
 from ..training import evaluate_ann, load_model
 from .yang import spike_input
 

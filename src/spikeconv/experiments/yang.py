@@ -19,14 +19,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..calibrate import ActivationStats
-from ..convert import build_snn
-from ..data import ImageDataset
-from ..graph import TracedNetwork
-from ..network import SpikingNetwork
+from ..conversion.calibrate import ActivationStats
+from ..conversion.convert import build_snn
+from ..conversion.graph import TracedNetwork
+from ..conversion.rules import map_scales
+from ..io.data import ImageDataset
 from ..noise import distort
-from ..rules import map_scales
-from ..simulate import SimulationResult, simulate
+from ..sim.network import SpikingNetwork
+from ..sim.simulate import SimulationResult, simulate
 from ..training import evaluate_ann
 
 __all__ = [

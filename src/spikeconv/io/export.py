@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from torch import Tensor, fx, nn
 
-from ..graph import Add, Cat, ChannelAffine, ConversionError, Flatten, Scale
-from ..network import SpikingNetwork, SpikingStage
-from ..neurons import IFParams
+from ..conversion.graph import Add, Cat, ChannelAffine, ConversionError, Flatten, Scale
+from ..sim.network import SpikingNetwork, SpikingStage
+from ..sim.neurons import IFParams
 from .files import write_with
 
 __all__ = ["SUBTRACT_RESETS", "NIRExportError", "from_nir", "read_nir", "read_nir_graph", "to_nir", "write_nir"]

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data import DatasetNotFoundError, ImageDataset, subset_index
+from .data import DatasetNotFoundError, ImageDataset, subset_index
 from .files import write_bytes, write_text
 
 __all__ = [

@@ -26,11 +26,11 @@ from typing import Any
 
 from torch import Tensor, fx, nn
 
-from ..calibrate import ActivationStats, LayerStats
-from ..graph import Add, Cat, ChannelAffine, Flatten, Scale
-from ..network import ConversionInfo, SpikingNetwork, SpikingStage
-from ..neurons import GateParams, IFParams
-from ..rules import LayerMapping, Mapping
+from ..conversion.calibrate import ActivationStats, LayerStats
+from ..conversion.graph import Add, Cat, ChannelAffine, Flatten, Scale
+from ..conversion.rules import LayerMapping, Mapping
+from ..sim.network import ConversionInfo, SpikingNetwork, SpikingStage
+from ..sim.neurons import GateParams, IFParams
 from .files import load_torch, save_torch
 
 __all__ = [

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from ..graph import UnsupportedModelError
+from ..conversion.graph import UnsupportedModelError
 from .files import load_torch
 
 __all__ = [

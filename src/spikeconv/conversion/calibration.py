@@ -32,9 +32,9 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
+from ..sim.inputs import check_count, is_integer
+from ..sim.network import SpikingNetwork
 from .graph import ChannelAffine, Scale
-from .inputs import check_count, is_integer
-from .network import SpikingNetwork
 
 __all__ = ["CALIBRATIONS", "calibrate_snn"]
 
@@ -57,7 +57,7 @@ def calibrate_snn(
     correction) or ``advanced`` (plus a per-neuron initial potential). The network's
     ``info.calibration`` records the mode, T and each layer's mean absolute rate error
     before and after."""
-    from .simulate import simulate
+    from ..sim.simulate import simulate
 
     if not isinstance(snn, SpikingNetwork):
         raise TypeError(f"calibrate_snn() takes a SpikingNetwork from spikeconv.convert(), not {type(snn).__name__}")
@@ -124,7 +124,7 @@ def _mean_rates_of_ann(snn: SpikingNetwork, images: Tensor, batch_size: int) -> 
 def _add_channel_bias(stage: Any, delta: Tensor) -> None:
     """Add ``delta`` (one value per output channel or feature, in the units of the stage's
     input current) to the stage's synapse: into the bias of its last weighted layer where
-    only per-channel linear ops follow it, else as a :class:`~spikeconv.graph.ChannelAffine`
+    only per-channel linear ops follow it, else as a :class:`~spikeconv.conversion.graph.ChannelAffine`
     bias at the synapse's output."""
     synapse = stage.synapse
     if isinstance(synapse, nn.Sequential):

@@ -19,6 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
+from ..sim.inputs import check_count, is_number, iter_batches
+from ..sim.network import ConversionInfo, Readout, SpikingNetwork, SpikingStage
+from ..sim.neurons import RATE_ESTIMATES, RESETS, GateParams, IFParams
 from .calibrate import ActivationStats, calibrate
 from .graph import (
     Add,
@@ -31,9 +34,6 @@ from .graph import (
     TracedNetwork,
     trace,
 )
-from .inputs import check_count, is_number, iter_batches
-from .network import ConversionInfo, Readout, SpikingNetwork, SpikingStage
-from .neurons import RATE_ESTIMATES, RESETS, GateParams, IFParams
 from .rules import map_scales
 
 __all__ = ["convert", "build_snn", "fold_scales"]
@@ -67,7 +67,7 @@ def build_snn(
 
     ``initial_potential``: each IF neuron's membrane before the first step, as a fraction of
     its threshold in [0, 1): ``"auto"`` takes half the threshold in the layers of a
-    :class:`~spikeconv.activations.QCFS` activation (where T = L steps reproduce the ANN
+    :class:`~spikeconv.conversion.activations.QCFS` activation (where T = L steps reproduce the ANN
     exactly; Bu et al. 2022), the rule's ``shift`` (default one half) for the clip-floor
     ``mse`` rule, and 0 elsewhere; a number sets every layer.
 
@@ -234,7 +234,7 @@ def fold_scales(
     (lambda_l / threshold). Weighted modules absorb the ratios into weights and biases
     (``W <- W * lambda_in / target``, ``b <- b / target``); where two inputs of an addition
     arrive in different units, or a path has no weights (an identity shortcut), a
-    :class:`~spikeconv.graph.Scale` connection weight is inserted."""
+    :class:`~spikeconv.conversion.graph.Scale` connection weight is inserted."""
     values = [torch.zeros(1, *shape, dtype=dtype) for shape in in_shapes]
     inner = target if target.numel() == 1 else target.max().reshape(())
     if isinstance(synapse, nn.Sequential):

@@ -45,8 +45,8 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from ..sim.inputs import is_integer, is_number
 from .activations import ActivationTracer, ClipActivation, ThresholdReLU
-from .inputs import is_integer, is_number
 
 __all__ = [
     "SUPPORTED_MODULES",
@@ -196,7 +196,7 @@ class Stage:
 
     ``name`` is the model path of the stage's one weighted module, or else of its ReLU /
     max-pool. ``shared`` lists stages (this one included) whose outputs meet at an
-    addition in this synapse: they share one scale (see :mod:`spikeconv.rules`)."""
+    addition in this synapse: they share one scale (see :mod:`spikeconv.conversion.rules`)."""
 
     name: str
     synapse: nn.Module  # called as synapse(*source_outputs)
@@ -205,7 +205,7 @@ class Stage:
     is_output: bool = False
     pool: MaxPoolSpec | None = None  # a spiking max-pool gate (Rueckauer Sec. 3.6)
     shared: tuple[int, ...] = ()
-    # a conversion-aware activation in place of the ReLU (spikeconv.activations): its clip
+    # a conversion-aware activation in place of the ReLU (spikeconv.conversion.activations): its clip
     # value is this stage's scale, and the ANN forward applies it
     activation: ClipActivation | None = None
 

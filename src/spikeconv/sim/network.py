@@ -15,10 +15,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from .calibrate import ActivationStats
+from ..conversion.calibrate import ActivationStats
+from ..conversion.rules import Mapping
 from .inputs import is_number
 from .neurons import GateParams, IFParams, if_step, maxpool_gate, softmax_spikes
-from .rules import Mapping
 
 __all__ = ["Readout", "READOUTS", "SpikingStage", "SpikingNetwork"]
 
@@ -67,7 +67,7 @@ class ConversionInfo:
     v_min: float | None
     spiking_pool: bool
     initial_potential: float | str = 0.0  # fraction of the threshold, or "auto" (per activation)
-    calibration: dict[str, Any] | None = None  # SNN Calibration's record (spikeconv.calibration)
+    calibration: dict[str, Any] | None = None  # SNN Calibration's record (spikeconv.conversion.calibration)
 
 
 class SpikingNetwork(nn.Module):

@@ -1,4 +1,4 @@
-"""Compiled kernels of the fast simulator, in C (``_kernel.c`` beside this file), built on
+"""Compiled kernels of the fast simulator, in C (``kernels.c`` beside this file), built on
 first use with the system's C compiler and called through ctypes (no torch headers, so it
 builds in about two seconds).
 
@@ -7,12 +7,12 @@ whole chunk of steps ``[steps, B, ...]`` to it, and it runs the IF recurrence ov
 steps with each membrane potential in a register: one read of the current and one write of
 the spikes per neuron and step, instead of the ~8 tensor passes and ~6 Python-dispatched
 ops per step of the tensor loop. It also counts the spikes of every (step, image). The
-operations are those of :func:`spikeconv.neurons.if_step` in the same order and precision
+operations are those of :func:`spikeconv.sim.neurons.if_step` in the same order and precision
 (``-ffp-contract=off``, no fast-math), so the spikes are bit for bit those of the
 step-by-step reference (tested).
 
 :func:`event_conv`: a convolution (after an optional average pool) over binary spikes,
-computed spike by spike; :mod:`spikeconv.events` says when the simulator may use it.
+computed spike by spike; :mod:`spikeconv.sim.events` says when the simulator may use it.
 
 Both share the images of a batch out over threads: torch's own OpenMP threads when the
 compiler has OpenMP (``-fopenmp`` binds to the libgomp torch has loaded), else Python
@@ -20,7 +20,7 @@ threads (ctypes releases the GIL).
 
 Used for float32/float64 CPU tensors dense per image (contiguous or channels-last);
 anything else (CUDA, other dtypes), a missing compiler, or ``SPIKECONV_KERNEL=0`` in the
-environment falls back to the tensor loop in :mod:`spikeconv.simulate`. ``available()``
+environment falls back to the tensor loop in :mod:`spikeconv.sim.simulate`. ``available()``
 says which path is taken.
 """
 

@@ -37,9 +37,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from ..sim.inputs import is_number
 from .calibrate import ActivationStats, LayerStats
 from .graph import ConversionError, Stage, TracedNetwork
-from .inputs import is_number
 
 __all__ = [
     "LayerMapping", "Mapping", "RULES", "maxnorm", "robust", "channelwise", "nscaling", "clip_floor_mse", "map_scales",

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .graph import ConversionError, Stage, TracedNetwork
-from .inputs import (
+from ..sim.inputs import (
     InputRangeWarning,
     check_count,
     iter_batches,
@@ -26,6 +25,7 @@ from .inputs import (
     value_range,
     warn_user,
 )
+from .graph import ConversionError, Stage, TracedNetwork
 
 __all__ = ["ActivationObserver", "LayerStats", "ActivationStats", "calibrate"]
 

@@ -287,7 +287,7 @@ def load_dataset(name: str, split: str = "train", data_root: str | Path | None =
     if name == "svhn":
         return load_svhn(data_root, split)  # type: ignore[arg-type]
     if name == "nmnist":
-        from .io.nmnist import load_nmnist  # (io.nmnist builds on this module)
+        from .nmnist import load_nmnist  # (io.nmnist builds on this module)
 
         return load_nmnist(data_root, split)  # type: ignore[arg-type]
     if name == "cifar10":

@@ -1,7 +1,7 @@
 """Clock-driven simulation of a converted network over T steps, recording the prediction
 after every step so one run gives the accuracy at every t <= T.
 
-Two simulators share the neuron step (:func:`spikeconv.neurons.if_step`) and the encoder:
+Two simulators share the neuron step (:func:`spikeconv.sim.neurons.if_step`) and the encoder:
 
 * ``method="fast"`` (default) is time-batched: for a chunk of steps it computes a stage's
   synaptic input for all of them as one batched tensor op, then runs the IF recurrence over
@@ -9,7 +9,7 @@ Two simulators share the neuron step (:func:`spikeconv.neurons.if_step`) and the
   computed once. Chunks bound the memory for any T x batch. Float32 convolutions on the
   CPU run in channels-last layout (1.3-2x faster in oneDNN than NCHW on our nets); the IF
   kernel works in whatever layout the current comes in. Convolutions and linear layers
-  over sparse spikes run event-driven (:mod:`spikeconv.events`). Where weights sit on a
+  over sparse spikes run event-driven (:mod:`spikeconv.sim.events`). Where weights sit on a
   power-of-two grid every sum is exact and all of this gives the reference's currents bit
   for bit; with float weights the sums may round differently.
 * ``method="reference"`` steps the whole network one time step at a time (the textbook
@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from . import _kernel
+from . import kernels
 from .encoders import EVENTS, INPUT_CODINGS, encode
 from .events import EventForm, ResidualEventSynapse, event_synapses
 from .fixedpoint import FixedPoint, quantize_network
@@ -124,7 +124,7 @@ class SimulationResult:
         """First step from which the accuracy stays within ``margin`` percentage points of
         its final value; by default :attr:`latency_margin`, what this many test images can
         resolve (:func:`spikeconv.metrics.latency_margin`)."""
-        from .metrics import latency
+        from ..metrics import latency
 
         return latency(self.accuracy_curve(), self.latency_margin if margin is None else margin)
 
@@ -132,13 +132,13 @@ class SimulationResult:
     def latency_margin(self) -> float:
         """The default margin of :meth:`latency`, in percentage points: the 95 % confidence
         bound of the final accuracy on these images, at least one image and 0.1 pp."""
-        from .metrics import latency_margin
+        from ..metrics import latency_margin
 
         return latency_margin(self.final_accuracy, self.num_images)
 
     def steps_to_reach(self, target: float) -> int | None:
         """First step at which the accuracy reaches ``target`` percent (``None``: never)."""
-        from .metrics import steps_to_reach
+        from ..metrics import steps_to_reach
 
         return steps_to_reach(self.accuracy_curve(), target)
 
@@ -222,9 +222,9 @@ def simulate(
     """Simulate ``snn`` on ``data`` for ``T`` steps.
 
     ``data``: a tensor of images in [0, 1], an ``(images, labels)`` pair, an
-    :class:`~spikeconv.data.ImageDataset`, or an iterable of ``(x, y)`` batches.
+    :class:`~spikeconv.io.data.ImageDataset`, or an iterable of ``(x, y)`` batches.
     ``coding``: ``constant``, ``poisson`` or ``deterministic`` (see
-    :mod:`spikeconv.encoders`), or ``events``: then each data item is a sequence
+    :mod:`spikeconv.sim.encoders`), or ``events``: then each data item is a sequence
     ``[T_in, *input_shape]`` of counts (e.g. an event camera's, binned) fed one entry per
     step. ``seed`` seeds the Poisson draws. ``device`` moves the
     network there. ``record_counts`` keeps each neuron's spike count, ``record_trains``
@@ -236,11 +236,11 @@ def simulate(
     ``fixed_point_bits``: simulate with weights, currents and membrane potentials as signed
     fixed-point numbers of this total width (``None``: float). The integer bits are
     ``integer_bits`` or, by default, the rule's N from V_min (Yang Sec. 3.4); see
-    :mod:`spikeconv.fixedpoint`.
+    :mod:`spikeconv.sim.fixedpoint`.
 
     ``event_driven``: let the fast path compute convolutions and linear layers over sparse
     spikes event by event, adding the weights of the inputs that fired (see
-    :mod:`spikeconv.events`), where a cost model predicts it faster. It sums in another
+    :mod:`spikeconv.sim.events`), where a cost model predicts it faster. It sums in another
     order than the dense convolution, so with float weights a membrane potential can differ
     by float rounding and, rarely, a spike moves (docs/results/float_events.md).
     ``exact``: the reference's spikes bit for bit, on any CPU: event-driven synapses only
@@ -258,7 +258,7 @@ def simulate(
     ``seeding`` (Poisson input, softmax readout): ``stream``, one random stream for the whole
     run, batch after batch; or ``per_batch``, batch ``k`` (counted from ``first_batch``)
     draws from its own stream seeded by ``(seed, k)``, so any split of the data into whole
-    batches of ``batch_size`` (processes, machines: :mod:`spikeconv.distributed`) draws the
+    batches of ``batch_size`` (processes, machines: :mod:`spikeconv.sim.distributed`) draws the
     same spikes as one run."""
     if not is_integer(T) or T <= 0:
         raise ValueError(f"T (number of time steps) must be a positive integer, got {T!r}")
@@ -289,7 +289,7 @@ def simulate(
     device = next(snn.parameters()).device if any(True for _ in snn.parameters()) else torch.device("cpu")
     fanouts = None
     if record_synops:
-        from .metrics import synaptic_fanouts
+        from ..metrics import synaptic_fanouts
 
         fanouts = {
             s: [(j, f.to(device=device, dtype=snn.dtype)) for j, f in pairs] for s, pairs in synaptic_fanouts(snn).items()
@@ -404,7 +404,7 @@ def _batch_seed(seed: int, batch: int) -> int:
 
 class _DataChecks:
     """What a batch of simulated data must satisfy beyond its shape (checked in
-    :func:`spikeconv.inputs.iter_batches`): labels that are classes of the network; values a
+    :func:`spikeconv.sim.inputs.iter_batches`): labels that are classes of the network; values a
     spike coding can represent; for analog input, a warning when the images reach far
     beyond the calibration images' range (a 0..255 batch for a network calibrated on
     0..1 images fires at a rate the conversion never planned for)."""
@@ -463,7 +463,7 @@ _EVENT_FORMS: weakref.WeakKeyDictionary[SpikingNetwork, tuple[tuple, list, dict[
 def _event_synapses(
     snn: SpikingNetwork, shapes: list[tuple[int, ...]], device: torch.device, exact: bool
 ) -> dict[int, EventForm]:
-    """:func:`spikeconv.events.event_synapses` of ``snn``, cached. The key holds every
+    """:func:`spikeconv.sim.events.event_synapses` of ``snn``, cached. The key holds every
     parameter's and buffer's storage address and version counter, so an in-place change
     (which bumps the version) or a new tensor recomputes it. The entry keeps the storages
     alive, so that no new tensor can take over a cached address with an equal version."""
@@ -584,7 +584,7 @@ def _run_fast(
     exact: bool = False,
 ) -> _BatchRecord:
     """The time-batched simulation of one batch. ``events``: the stages whose synapse may run
-    event-driven (:mod:`spikeconv.events`), chosen per chunk by their input's spike rate.
+    event-driven (:mod:`spikeconv.sim.events`), chosen per chunk by their input's spike rate.
     ``exact``: every other synapse runs one step at a time on the reference's (contiguous)
     layout, the very call the reference makes, so that float sums are rounded alike."""
     stages = snn.spiking_stages
@@ -633,7 +633,7 @@ def _run_fast(
                     current = c.as_strided((steps, *c.shape), (0, *c.stride()))
                     if reuse:
                         if index not in buffers:
-                            buffers[index] = _kernel.steps_like(c, chunk)
+                            buffers[index] = kernels.steps_like(c, chunk)
                         spikes_out = buffers[index][:steps]
                 else:
                     flat = [layout[index](i.flatten(0, 1)) for i in inputs]
@@ -685,7 +685,7 @@ def _conv_layout(stage: SpikingStage, x: Tensor) -> Callable[[Tensor], Tensor]:
 def _dense(t: Tensor) -> Tensor:
     """``t`` itself when its memory is one dense block (any dimension order), else a
     contiguous copy."""
-    return t if _kernel.dense_blocks(t, 0) else t.contiguous()
+    return t if kernels.dense_blocks(t, 0) else t.contiguous()
 
 
 def _shares_memory(a: Tensor, b: Tensor) -> bool:
@@ -841,9 +841,9 @@ def _recurrence(
     the fused kernel, the spikes per step and image ``[steps, B]`` (else ``None``).
     In fixed point the current is rounded to the grid and the membrane saturates. The
     output stage of the membrane and softmax readouts only integrates; the softmax readout
-    then draws its spikes (:func:`spikeconv.neurons.softmax_spikes`).
+    then draws its spikes (:func:`spikeconv.sim.neurons.softmax_spikes`).
 
-    ``use_kernel``: run the fused C recurrence (:mod:`spikeconv._kernel`) when it supports
+    ``use_kernel``: run the fused C recurrence (:mod:`spikeconv.sim.kernels`) when it supports
     the tensors (one-number thresholds, no softmax readout); it overwrites a freshly computed
     ``current`` with the spikes. Otherwise (and in the step-by-step reference) the tensor
     loop over :func:`if_step`. ``spikes_out``: where the kernel writes the spikes of a
@@ -853,17 +853,17 @@ def _recurrence(
     integrate_only = stage.is_output and snn.readout in ("membrane", "softmax")
     softmax = stage.is_output and snn.readout == "softmax"
     scalar_neuron = not isinstance(stage.neuron.threshold, Tensor) and not isinstance(stage.neuron.v_min, Tensor)
-    if use_kernel and not softmax and scalar_neuron and _kernel.supports(current):
+    if use_kernel and not softmax and scalar_neuron and kernels.supports(current):
         broadcast = current.stride(0) == 0
-        if not broadcast and not _kernel.dense_blocks(current, 2):
+        if not broadcast and not kernels.dense_blocks(current, 2):
             current = current.contiguous()
         if v is None:
             v = stage.neuron.initial_membrane(current[0])  # the current's layout (channels-last or not)
-        if not _kernel.dense_blocks(v, 1) or not _kernel.same_layout(v, 1, current, 2):
+        if not kernels.dense_blocks(v, 1) or not kernels.same_layout(v, 1, current, 2):
             v = torch.empty_like(current[0]).copy_(v)  # rare: give the state the current's layout
-        spikes = current if not broadcast else spikes_out if spikes_out is not None else _kernel.steps_like(v, len(current))
-        membranes = _kernel.steps_like(v, len(current)) if stage.is_output else None
-        counts = _kernel.if_recurrence(
+        spikes = current if not broadcast else spikes_out if spikes_out is not None else kernels.steps_like(v, len(current))
+        membranes = kernels.steps_like(v, len(current)) if stage.is_output else None
+        counts = kernels.if_recurrence(
             current, v,
             mode="integrate" if integrate_only else stage.neuron.reset,
             threshold=float(stage.neuron.threshold),

@@ -37,8 +37,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, fx, nn
 
-from . import _kernel
-from .graph import Add, Flatten, _pair
+from ..conversion.graph import Add, Flatten, _pair
+from . import kernels
 from .network import SpikingStage
 
 __all__ = [
@@ -100,7 +100,7 @@ class EventSynapse:
             spikes = spikes.view(n, -1, 1, 1)
         spikes = spikes.contiguous(memory_format=torch.channels_last)
         scatter = self.scatters and rate is not None and rate < SCATTER_MAX_RATE
-        current = _kernel.event_conv(
+        current = kernels.event_conv(
             spikes, self.weight, self.bias, pool=self.pool, stride=self.stride, padding=self.padding, out=out,
             scatter=scatter,
         )  # fmt: skip
@@ -120,7 +120,7 @@ class EventSynapse:
         """An empty tensor the kernel can write this synapse's current for ``spikes`` into."""
         h, w = (*spikes.shape[2:], 1, 1)[:2]
         kh, kw, _, padded = self.weight.shape
-        oh, ow = _kernel.event_output_size(h, w, kh, kw, pool=self.pool, stride=self.stride, padding=self.padding)
+        oh, ow = kernels.event_output_size(h, w, kh, kw, pool=self.pool, stride=self.stride, padding=self.padding)
         return torch.empty((spikes.shape[0], padded, oh, ow), dtype=torch.float32, memory_format=torch.channels_last)
 
     def preferred(self, spikes: Tensor, rate: float) -> bool:
@@ -130,10 +130,10 @@ class EventSynapse:
         c, h, w = (*spikes.shape[1:], 1, 1)[:3]
         kh, kw, _, padded = self.weight.shape
         ph, pw = h // self.pool, w // self.pool
-        oh, ow = _kernel.event_output_size(h, w, kh, kw, pool=self.pool, stride=self.stride, padding=self.padding)
+        oh, ow = kernels.event_output_size(h, w, kh, kw, pool=self.pool, stride=self.stride, padding=self.padding)
         fan = oh * ow * kh * kw / max(1, ph * pw)  # outputs each pooled input feeds (kernel taps)
-        ranges = oh * ow * -(-padded // 128)  # per image, see _kernel.event_conv
-        fits = _kernel.event_lists_fit(w, c, padded, self.pool, kh * kw)
+        ranges = oh * ow * -(-padded // 128)  # per image, see kernels.event_conv
+        fits = kernels.event_lists_fit(w, c, padded, self.pool, kh * kw)
         speedup = predicted_speedup(
             rate, fan, self.c_out, self.pool, linear=self.linear, event_c_out=padded,
             weight_bytes=self.weight.numel() * self.weight.element_size(),
@@ -242,7 +242,7 @@ def event_synapses(
     order (:func:`exact_sums`), so that the event current equals the dense one bit for bit;
     otherwise any weights, whose event current then differs from the dense one by float
     rounding. ``shapes``: each stage's output shape per image. ``{stage index: synapse}``."""
-    if dtype != torch.float32 or device.type != "cpu" or not _kernel.available():
+    if dtype != torch.float32 or device.type != "cpu" or not kernels.available():
         return {}
     found: dict[int, EventForm] = {}
     for j, stage in enumerate(stages):

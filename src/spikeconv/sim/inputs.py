@@ -63,7 +63,7 @@ def iter_batches(
     """Yield ``(x, y)`` with ``y`` ``None`` where no labels were given.
 
     ``data`` may be a tensor of images ``[N, ...]``, a pair ``(images, labels)`` of
-    tensors, an object with ``tensors()`` (an :class:`~spikeconv.data.ImageDataset`), or an
+    tensors, an object with ``tensors()`` (an :class:`~spikeconv.io.data.ImageDataset`), or an
     iterable of batches that are tensors or ``(x, y)`` pairs. Tensors are cut into batches
     of ``batch_size``; given batches are used as they come. ``what`` names the argument in
     errors (e.g. ``"calibration_data"``)."""
