@@ -122,6 +122,8 @@ def test_missing_or_empty_dataset_says_what_to_do(tmp_path):
         load_dataset("nmnist", "test")
     with pytest.raises(ValueError, match="bin_us"):
         load_nmnist(tmp_path, "test", bin_us=0)
+    with pytest.raises(ValueError, match="split must be 'train' or 'test', got 'Test'"):
+        event_files(tmp_path, "Test")
 
 
 def test_cli_trains_converts_and_evaluates_on_events_and_frames(event_root, tmp_path, capsys):

@@ -124,7 +124,7 @@ def load_digits(split: str = "train") -> ImageDataset:
     fixed permutation: 1,438 train and 359 test images. Pixel values 0..16 map to [0, 1]."""
     from sklearn.datasets import load_digits as _sk_load_digits
 
-    _check_split(split)
+    check_split(split)
     bunch = _sk_load_digits()
     images = torch.tensor(bunch.images, dtype=torch.float32).div_(16.0).unsqueeze(1)
     labels = torch.tensor(bunch.target, dtype=torch.int64)
@@ -175,7 +175,7 @@ _MNIST_FILES = {
 def load_mnist(root: str | Path, split: str = "train") -> ImageDataset:
     """MNIST from the IDX files under ``root`` (torchvision layout ``root/MNIST/raw``;
     ``root/raw`` and ``root`` itself are also searched; ``.gz`` or uncompressed)."""
-    _check_split(split)
+    check_split(split)
     root = Path(root)
     candidates = [root / "MNIST" / "raw", root / "raw", root]
     paths = []
@@ -252,7 +252,7 @@ def load_svhn(root: str | Path, split: str = "train") -> ImageDataset:
     the digit 0 (mapped to label 0 here)."""
     from scipy.io import loadmat
 
-    _check_split(split)
+    check_split(split)
     root = Path(root)
     name = f"{split}_32x32.mat"
     path = next((p for p in (root / name, root / "SVHN" / name, root / "svhn" / name) if p.is_file()), None)
@@ -277,7 +277,7 @@ def load_dataset(name: str, split: str = "train", data_root: str | Path | None =
     ``cifar10`` (JPEG folders under ``data_root/cifar10-jpeg/{train,test}``) or ``nmnist``
     (N-MNIST event files under ``data_root/{Train,Test}``, as frames of mean events per
     millisecond: :func:`spikeconv.io.nmnist.load_nmnist`)."""
-    _check_split(split)
+    check_split(split)
     if name == "digits":
         return load_digits(split)
     if name in ("mnist", "cifar10", "svhn", "nmnist") and data_root is None:
@@ -295,6 +295,7 @@ def load_dataset(name: str, split: str = "train", data_root: str | Path | None =
     raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
 
-def _check_split(split: str) -> None:
+def check_split(split: str) -> None:
+    """Refuses a split other than 'train' or 'test' (every loader takes these two)."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .data import DatasetNotFoundError, ImageDataset, subset_index
+from .data import DatasetNotFoundError, ImageDataset, check_split, subset_index
 from .files import write_bytes, write_text
 
 __all__ = [
@@ -136,8 +136,7 @@ def event_files(root: str | Path, split: str) -> tuple[list[Path], Tensor]:
     """The ``.bin`` files of one split and their labels: ``root/Train/<digit>/*.bin`` (or
     ``Test``), sorted by digit and name. ``root`` may also hold that layout one folder
     down, as ``N-MNIST/`` or ``NMNIST/`` (how the real dataset unpacks)."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    check_split(split)
     name = {"train": "Train", "test": "Test"}[split]
     root = Path(root)
     candidates = [root / name, root / "N-MNIST" / name, root / "NMNIST" / name]
