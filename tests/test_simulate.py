@@ -302,3 +302,11 @@ def test_cuda_simulation_gives_the_cpu_spikes_on_exact_sums():
     reference = spikeconv.simulate(snn, images, T=30, method="reference", record_trains=True)
     on_gpu = spikeconv.simulate(snn, images, T=30, device="cuda", record_trains=True)
     _assert_same(on_gpu, reference)
+
+
+def test_switches_must_be_booleans():
+    snn = spikeconv.convert(small_cnn(), random_images(10), rule="maxnorm")
+    with pytest.raises(TypeError, match="exact must be True or False, got 'no'"):
+        spikeconv.simulate(snn, random_images(2), T=2, exact="no")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="record_counts must be True or False, got 1"):
+        spikeconv.simulate(snn, random_images(2), T=2, record_counts=1)  # type: ignore[arg-type]

@@ -272,6 +272,11 @@ def simulate(
             raise ValueError(f"{name} must be a non-negative integer or None, got {bits!r}")
     if seeding not in SEEDINGS:
         raise ValueError(f"seeding must be one of {SEEDINGS}, got {seeding!r}")
+    flags = {"progress": progress, "record_counts": record_counts, "record_trains": record_trains,
+             "event_driven": event_driven, "exact": exact, "record_synops": record_synops}  # fmt: skip
+    for name, flag in flags.items():  # a string such as "no" would count as true
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be True or False, got {flag!r}")
     if not is_integer(first_batch) or first_batch < 0:
         raise ValueError(f"first_batch must be an integer >= 0, got {first_batch!r}")
     if coding not in INPUT_CODINGS:
