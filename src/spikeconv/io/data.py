@@ -23,6 +23,7 @@ __all__ = [
     "DATASETS",
     "DatasetNotFoundError",
     "ImageDataset",
+    "check_split",
     "load_dataset",
     "load_digits",
     "load_image_folder",
