@@ -129,7 +129,15 @@ def trained(net_name: str, variant: str, train_set: ImageDataset, test_set: Imag
     return model
 
 
-def run(net_name: str, data_root: str | None, force: bool, test_size: int | None) -> None:
+def save(results_path: Path, results: dict[str, Any]) -> None:
+    """Write the results, keeping the ANN accuracies and conversions another run (``--variants``) wrote meanwhile."""
+    on_disk = json.loads(results_path.read_text()) if results_path.exists() else {}
+    for key in ("ann", "conversions"):
+        results[key] = {**on_disk.get(key, {}), **results[key]}
+    write_json(results_path, results)
+
+
+def run(net_name: str, data_root: str | None, force: bool, test_size: int | None, variants: list[str]) -> None:
     net = NETS[net_name]
     torch.manual_seed(0)
     train_set = load_dataset(net.dataset, "train", data_root)
@@ -149,12 +157,14 @@ def run(net_name: str, data_root: str | None, force: bool, test_size: int | None
     results.setdefault("conversions", {})
     results.setdefault("ann", {})
     models = {}
-    for variant in VARIANTS:
+    for variant in variants:
         models[variant] = trained(net_name, variant, train_set, test_set)
         results["ann"][variant] = evaluate_ann(models[variant], test_set)
-    write_json(results_path, results)
+    save(results_path, results)
     calibration_images = train_set.subset(STATS_IMAGES, seed=1).tensors()[0]
     for conversion in CONVERSIONS:
+        if conversion.variant not in variants:
+            continue
         trained_with = asdict(options_for(net, conversion.variant))
         done = results["conversions"].get(conversion.label)
         if done is not None and done.get("train_options", trained_with) == trained_with and not force:
@@ -191,21 +201,22 @@ def run(net_name: str, data_root: str | None, force: bool, test_size: int | None
             "wall_time_s": time.perf_counter() - started,
         }
         results["conversions"][conversion.label] = entry
-        write_json(results_path, results)
+        save(results_path, results)
         acc = entry["accuracy"]
         print(
             f"  {conversion.label:34s} ANN {ann:6.2f}  T=4 {acc['4']:6.2f}  T=8 {acc['8']:6.2f}  T=32 {acc['32']:6.2f}  "
             f"T=256 {acc['256']:6.2f}  ({entry['wall_time_s']:.0f} s)"
         )
-    if "fit_curves" not in results or force:
+    fit_variants = {"ReLU, max-norm": "relu", "RNL + RIL (two stages)": "rnl", "QCFS L=8": "qcfs8"}
+    if ("fit_curves" not in results or force) and set(fit_variants.values()) <= set(variants):
         # Ding eq. 7 per layer, for the max-norm ReLU net, the RNL+RIL net and QCFS L=8
         images = test_set.tensors()[0][:FIT_IMAGES]
         curves = {}
-        for label, variant in (("ReLU, max-norm", "relu"), ("RNL + RIL (two stages)", "rnl"), ("QCFS L=8", "qcfs8")):
+        for label, variant in fit_variants.items():
             snn = spikeconv.convert(models[variant], calibration_images, rule="maxnorm")
             curves[label] = {k: [float(v) for v in c] for k, c in fit_curve(snn, images, T=T_MAX).items()}
         results["fit_curves"] = curves
-        write_json(results_path, results)
+        save(results_path, results)
     report(results_path)
 
 
@@ -276,7 +287,8 @@ def report(results_path: Path) -> None:
     results = json.loads(results_path.read_text())
     name = results_path.stem.removeprefix("low_latency_")
     net = results["net"]
-    conversions = results.get("conversions", {})
+    order = [c.label for c in CONVERSIONS]
+    conversions = dict(sorted(results.get("conversions", {}).items(), key=lambda item: order.index(item[0])))
     if not conversions:
         return
     docs = ROOT / "docs" / "results"
@@ -366,7 +378,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test-size", type=int, default=None, help="a seeded test subset (a _quick run)")
     parser.add_argument("--force", action="store_true", help="redo the conversions (training always resumes)")
     parser.add_argument("--report", action="store_true", help="only write the tables and plots of finished runs")
+    parser.add_argument(
+        "--variants", default=",".join(VARIANTS),
+        help="comma-separated training variants to train and convert (default: all): "
+        "two runs on different variants may share a results file",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        parser.error(f"--variants: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(VARIANTS)}")
     torch.set_num_threads(args.threads)
     if args.report:
         for path in sorted((HERE / "results").glob("low_latency_*.json")):
@@ -376,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.net is None:
         parser.error("--net is required (or --report)")
     print(f"{datetime.date.today()}: {args.net}, {args.threads} threads, torch {torch.__version__}", file=sys.stderr)
-    run(args.net, args.data_root, args.force, args.test_size)
+    run(args.net, args.data_root, args.force, args.test_size, variants)
 
 
 if __name__ == "__main__":
