@@ -33,7 +33,7 @@ from spikeconv.models import (
     vgg_small,
     yang_mnist,
 )
-from spikeconv.sim.neurons import GateParams, maxpool_gate
+from spikeconv.sim.neurons import GateParams, maxpool_gate, window_select
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -279,6 +279,28 @@ def test_maxpool_gate_passes_the_spikes_of_the_fastest_input(kind):
         o, state = maxpool_gate(spikes[k : k + 1], state, _gate(kind))
         steps.append(o)
     assert torch.equal(torch.cat(steps), out)
+
+
+def test_window_select_takes_max_pool2d_s_first_maximum_in_any_window_and_layout():
+    # against max_pool2d's indices and a gather: integer keys, so most windows hold ties
+    g = torch.Generator().manual_seed(0)
+
+    def draw(low: int, high: int) -> int:
+        return int(torch.randint(low, high, (1,), generator=g))
+
+    for case in range(200):
+        kernel = (draw(1, 4), draw(1, 4))
+        params = GateParams(
+            kernel_size=kernel, stride=(draw(1, 4), draw(1, 3)), padding=(draw(0, kernel[0] // 2 + 1), draw(0, kernel[1] // 2 + 1)),
+        )  # fmt: skip
+        shape = (2, 3, draw(kernel[0], 9), draw(kernel[1], 9))
+        keys = torch.randint(0, 3, shape, generator=g).float()
+        values = torch.rand(shape, generator=g)
+        if case % 2:
+            keys, values = keys.contiguous(memory_format=torch.channels_last), values.contiguous(memory_format=torch.channels_last)
+        _, index = F.max_pool2d(keys, params.kernel_size, params.stride, params.padding, return_indices=True)
+        expected = values.flatten(2).gather(2, index.flatten(2)).view_as(index)
+        assert torch.equal(window_select(keys, values, params), expected), params
 
 
 def test_ewma_gate_follows_a_change_of_the_fastest_input_and_the_count_gate_remembers():

@@ -260,6 +260,41 @@ def test_fused_kernel_in_channels_last_layout_steps_like_if_step(reset, v_min):
         )  # fmt: skip
 
 
+def test_maxpool_gate_kernel_passes_the_tensor_code_s_spikes_in_any_window_and_layout():
+    """The C gate against neurons.maxpool_gate: random windows (padding, strides), both
+    estimates, float32/64, NCHW and channels-last, integer starting estimates (ties)."""
+    from spikeconv.sim import kernels
+    from spikeconv.sim.neurons import GateParams, maxpool_gate
+
+    if not kernels.available():
+        pytest.skip("no C compiler")
+    gen = torch.Generator().manual_seed(1)
+
+    def draw(low: int, high: int) -> int:
+        return int(torch.randint(low, high, (1,), generator=gen))
+
+    for case in range(120):
+        kernel = (draw(1, 4), draw(1, 4))
+        params = GateParams(
+            kernel_size=kernel, stride=(draw(1, 4), draw(1, 3)), padding=(draw(0, kernel[0] // 2 + 1), draw(0, kernel[1] // 2 + 1)),
+            estimate="count" if case % 2 else "ewma", decay=(0.9, 0.7, 0.33)[case % 3],
+        )  # fmt: skip
+        dtype = (torch.float32, torch.float64)[case // 2 % 2]
+        steps, batch, channels = draw(1, 5), draw(1, 4), draw(1, 5)
+        spikes = (torch.rand(steps, batch, channels, draw(kernel[0], 9), draw(kernel[1], 9), generator=gen) < 0.4).to(dtype)
+        if case % 3 == 0:
+            spikes = spikes.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, (steps, batch))
+        start = None if case % 4 == 0 else torch.randint(0, 3, spikes[0].shape, generator=gen).to(dtype)
+        expected, expected_estimate = maxpool_gate(spikes, start, params)
+        passed, estimate = kernels.maxpool_gate(
+            spikes, None if start is None else start.clone(), kernel_size=params.kernel_size, stride=params.stride,
+            padding=params.padding, ewma=params.estimate == "ewma", decay=params.decay,
+        )  # fmt: skip
+        assert torch.equal(passed, expected) and torch.equal(estimate, expected_estimate), (case, params)
+        layout = torch.channels_last if case % 3 == 0 and channels > 1 else torch.contiguous_format
+        assert passed.flatten(0, 1).is_contiguous(memory_format=layout)  # the spikes' layout
+
+
 def test_layouts_compare_without_size_one_dimensions():
     """A 1-channel (or 1x1) map is NCHW and channels-last at once: its size-1 strides are
     arbitrary and must not make the kernel refuse it; a real permutation still differs."""

@@ -1,3 +1,4 @@
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -343,3 +344,69 @@ int event_conv_f32(const float *x, int64_t H, int64_t W, int64_t C, int64_t k,
     }
     return failed;
 }
+
+/* Spiking max-pool gate (spikeconv.sim.neurons.maxpool_gate) over a chunk of steps: per image
+   and step, the rate estimate e [C][H][W] (element strides sc, sy, sx: contiguous or
+   channels-last, as the spikes) is updated with the step's spikes s (count: e + s; ewma:
+   keep * e + take * s, two products and a sum as the tensor code makes them), then each
+   window passes the spike at its largest estimate, the first in row-major order on a tie
+   (max_pool2d's index: a running maximum from -inf with a strict >, so padding never
+   wins). out [steps][batch][C][OH][OW] with element strides oc, oy, ox per image, in the
+   spikes' layout. The taps are the outer loops and a row of outputs the inner one
+   (channels for channels-last, columns for NCHW): compares and selects the compiler can
+   vectorize, where a loop over each output's few taps was a quarter of a VGG's simulation. */
+#define GATE_TAP(T, I)                                                                       \
+    {                                                                                       \
+        const int64_t i = (I);                                                              \
+        const int better = e[i] > best[j];                                                  \
+        best[j] = better ? e[i] : best[j];                                                  \
+        row[j * step] = better ? s[i] : row[j * step];                                      \
+    }
+#define GATE_KERNEL(NAME, T)                                                                 \
+void NAME(const T *spikes, T *estimate, T *out, int64_t steps, int64_t batch, int64_t C,    \
+          int64_t H, int64_t W, int64_t sc, int64_t sy, int64_t sx, int64_t OH, int64_t OW, \
+          int64_t oc, int64_t oy, int64_t ox, int64_t KH, int64_t KW, int64_t stride_y,     \
+          int64_t stride_x, int64_t pad_y, int64_t pad_x, int ewma, T keep, T take,         \
+          int64_t b0, int64_t b1, int nthreads) {                                           \
+    const int64_t n = C * H * W, m = C * OH * OW;                                           \
+    const int last = sc == 1 && C > 1; /* channels-last: rows of channels */                \
+    const int64_t len = last ? C : OW, step = last ? oc : ox;                               \
+    _Pragma("omp parallel for schedule(static) num_threads(nthreads) if(nthreads > 1)")       \
+    for (int64_t b = b0; b < b1; ++b) {                                                     \
+        T *best = (T *)malloc(sizeof(T) * (size_t)len);                                     \
+        T *restrict e = estimate + b * n;                                                   \
+        for (int64_t k = 0; k < steps; ++k) {                                               \
+            const T *restrict s = spikes + (k * batch + b) * n;                             \
+            if (ewma) for (int64_t i = 0; i < n; ++i) e[i] = keep * e[i] + take * s[i];     \
+            else for (int64_t i = 0; i < n; ++i) e[i] = e[i] + s[i];                        \
+            T *o = out + (k * batch + b) * m;                                               \
+            for (int64_t r0 = 0; r0 < (last ? OH * OW : C * OH); ++r0) {                    \
+                const int64_t c = last ? 0 : r0 / OH;                                       \
+                const int64_t py = last ? r0 / OW : r0 % OH, px = last ? r0 % OW : 0;       \
+                T *row = o + (last ? py * oy + px * ox : c * oc + py * oy);                 \
+                for (int64_t j = 0; j < len; ++j) { best[j] = -(T)INFINITY; row[j * step] = 0; } \
+                for (int64_t dy = 0; dy < KH; ++dy) {                                       \
+                    const int64_t y = py * stride_y - pad_y + dy;                           \
+                    if (y < 0 || y >= H) continue;                                          \
+                    for (int64_t dx = 0; dx < KW; ++dx) {                                   \
+                        if (last) {                                                         \
+                            const int64_t x = px * stride_x - pad_x + dx;                   \
+                            if (x < 0 || x >= W) continue;                                  \
+                            const int64_t at = y * sy + x * sx;                             \
+                            for (int64_t j = 0; j < len; ++j) GATE_TAP(T, at + j)           \
+                        } else { /* the columns whose tap x = j * stride_x - pad_x + dx is inside */ \
+                            int64_t lo = pad_x - dx > 0 ? (pad_x - dx + stride_x - 1) / stride_x : 0; \
+                            int64_t hi = (W - 1 + pad_x - dx) / stride_x + 1;               \
+                            hi = hi < OW ? hi : OW;                                         \
+                            const int64_t at = c * sc + y * sy + (dx - pad_x) * sx;         \
+                            for (int64_t j = lo; j < hi; ++j) GATE_TAP(T, at + j * stride_x * sx) \
+                        }                                                                   \
+                    }                                                                       \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+        free(best);                                                                         \
+    }                                                                                       \
+}
+GATE_KERNEL(maxpool_gate_f32, float)
+GATE_KERNEL(maxpool_gate_f64, double)

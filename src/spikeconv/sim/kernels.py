@@ -14,7 +14,10 @@ step-by-step reference (tested).
 :func:`event_conv`: a convolution (after an optional average pool) over binary spikes,
 computed spike by spike; :mod:`spikeconv.sim.events` says when the simulator may use it.
 
-Both share the images of a batch out over threads: torch's own OpenMP threads when the
+:func:`maxpool_gate`: the spiking max-pool's rate estimate and window choice over a chunk
+of steps, the same spikes as :func:`spikeconv.sim.neurons.maxpool_gate`.
+
+All share the images of a batch out over threads: torch's own OpenMP threads when the
 compiler has OpenMP (``-fopenmp`` binds to the libgomp torch has loaded), else Python
 threads (ctypes releases the GIL).
 
@@ -43,7 +46,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["available", "if_recurrence", "MODES"]
+__all__ = ["available", "if_recurrence", "maxpool_gate", "MODES"]
 
 # mode: what a neuron does in a step
 MODES = {"zero": 0, "subtract": 1, "integrate": 2}
@@ -98,6 +101,10 @@ def _build(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL:
     for name, ctype in (("if_recurrence_f32", ctypes.c_float), ("if_recurrence_f64", ctypes.c_double)):
         fn = getattr(library, name)
         fn.argtypes = [p, i64, p, p, p, p, i64, i64, i64, i64, i64, i, ctype, i, ctype, i, ctype, ctype, i]
+        fn.restype = None
+    for name, ctype in (("maxpool_gate_f32", ctypes.c_float), ("maxpool_gate_f64", ctypes.c_double)):
+        fn = getattr(library, name)
+        fn.argtypes = [p, p, p, *[i64] * 19, i, ctype, ctype, i64, i64, i]
         fn.restype = None
     library.event_conv_f32.argtypes = [p, i64, i64, i64, i64, p, p, i64, i64, i64, i64, i64, p, i64, i64, i64, i64, i, i]
     library.event_conv_f32.restype = i
@@ -292,6 +299,40 @@ def if_recurrence(
     tail = (MODES[mode], threshold, int(v_min is not None), v_min or 0.0, int(saturate is not None), low, high)
     _split_over_threads(library, fn, args, tail, batch, min(torch.get_num_threads(), batch, (steps * batch * n) // 65536))
     return counts
+
+
+def maxpool_gate(
+    spikes: Tensor, estimate: Tensor | None, *, kernel_size: tuple[int, int], stride: tuple[int, int],
+    padding: tuple[int, int], ewma: bool, decay: float, out: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """:func:`spikeconv.sim.neurons.maxpool_gate` over ``spikes`` ``[steps, B, C, H, W]``
+    (dense per image, contiguous or channels-last): the same passed spikes
+    ``[steps, B, C, H', W']`` (into ``out`` when given) and the same new estimate, both in
+    the spikes' layout. Unlike the tensor code it updates ``estimate`` in place (a new one
+    when ``None`` or in another layout): a copy of it per step cost as much as the gate."""
+    library = _load()
+    assert library is not None
+    steps, batch, channels, height, width = spikes.shape
+    if not dense_blocks(spikes, 2):
+        raise ValueError("spikes must be dense per image (contiguous or channels-last)")
+    if estimate is None:
+        estimate = torch.zeros_like(spikes[0])
+    elif estimate.dtype != spikes.dtype or not dense_blocks(estimate, 1) or not same_layout(estimate, 1, spikes, 2):
+        estimate = torch.zeros_like(spikes[0]).copy_(estimate)
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    rows, cols = (height + 2 * ph - kh) // sh + 1, (width + 2 * pw - kw) // sw + 1
+    layout = torch.channels_last if spikes.stride(2) == 1 and channels > 1 else torch.contiguous_format
+    shape = (steps * batch, channels, rows, cols)
+    if out is None or out.shape != (steps, batch, *shape[1:]) or out.dtype != spikes.dtype or not out.flatten(0, 1).is_contiguous(memory_format=layout):
+        out = torch.empty(shape, dtype=spikes.dtype, memory_format=layout).unflatten(0, (steps, batch))
+    fn = library.maxpool_gate_f32 if spikes.dtype == torch.float32 else library.maxpool_gate_f64
+    head = (
+        spikes.data_ptr(), estimate.data_ptr(), out.data_ptr(), steps, batch, channels, height, width,
+        *spikes.stride()[2:], rows, cols, *out.stride()[2:], kh, kw, sh, sw, ph, pw, int(ewma), decay, 1.0 - decay,
+    )  # fmt: skip
+    threads = min(torch.get_num_threads(), batch, (steps * batch * spikes[0, 0].numel()) // 65536)
+    _split_over_threads(library, fn, head, (), batch, threads)
+    return out, estimate
 
 
 @cache

@@ -48,7 +48,7 @@ from .inputs import (
     warn_user,
 )
 from .network import SpikingNetwork, SpikingStage
-from .neurons import if_step, maxpool_gate, softmax_spikes
+from .neurons import GateParams, if_step, maxpool_gate, softmax_spikes
 
 __all__ = ["SimulationResult", "simulate", "METHODS"]
 
@@ -626,7 +626,10 @@ def _run_fast(
             inputs = [layer_input if s < 0 else outputs[s] for s in stage.source_indices(index)]
             counts: Tensor | None = None
             if stage.gate is not None:
-                spikes, state[index] = maxpool_gate(inputs[0], state[index], stage.gate)
+                out = buffers[index][:steps] if index in buffers else None
+                spikes, state[index] = _gate(inputs[0], state[index], stage.gate, use_kernel, out)
+                if index not in buffers and len(spikes) == chunk:  # the first, longest chunk
+                    buffers[index] = spikes
                 membranes = None
             else:
                 reuse = not stage.is_output  # the readout keeps the output stage's spikes
@@ -673,6 +676,21 @@ def _run_fast(
             if index in event_sources:
                 totals[index] = float(counts.sum() if counts is not None else spikes.sum())
     return acc.finish(readout)
+
+
+def _gate(
+    spikes: Tensor, estimate: Tensor | None, gate: GateParams, use_kernel: bool, out: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """The max-pool gate over a chunk of steps: in C where it can (the same spikes as the
+    reference's :func:`maxpool_gate`: it only compares and copies; ewma's products are made
+    as the tensor code makes them, tested), into ``out`` when it fits, updating the
+    simulator's own ``estimate`` in place; else the tensor code."""
+    if use_kernel and kernels.supports(spikes) and kernels.dense_blocks(spikes, 2):
+        return kernels.maxpool_gate(
+            spikes, estimate, kernel_size=gate.kernel_size, stride=gate.stride, padding=gate.padding,
+            ewma=gate.estimate == "ewma", decay=gate.decay, out=out,
+        )  # fmt: skip
+    return maxpool_gate(spikes, estimate, gate)
 
 
 def _conv_layout(stage: SpikingStage, x: Tensor) -> Callable[[Tensor], Tensor]:
@@ -750,6 +768,12 @@ class _Accumulator:
     ) -> None:  # fmt: skip
         self.T = T
         self.fanouts = fanouts
+        # per fan-out: whether spikes (0/1) x fan-out summed in its own dtype are exact whatever
+        # the order: integer fan-outs whose total stays below the dtype's integer range
+        self._exact_sums = {
+            id(f): bool((f == f.round()).all()) and float(f.sum()) < 1.0 / torch.finfo(f.dtype).eps
+            for pairs in (fanouts or {}).values() for _, f in pairs
+        }  # fmt: skip
         self.synops = torch.zeros(layers, batch, dtype=torch.float64, device=device) if fanouts is not None else None
         self.synops_steps = torch.zeros(T, dtype=torch.float64, device=device) if fanouts is not None else None
         self.layer_spikes = [torch.zeros(batch, dtype=torch.float64, device=device) for _ in range(layers)]
@@ -779,15 +803,23 @@ class _Accumulator:
         if self.fanouts is None or self.synops is None or self.synops_steps is None:
             return
         for j, fanout in self.fanouts.get(source, []):
-            ops = (spikes * fanout).flatten(2).sum(2, dtype=torch.float64)  # [steps, B]
+            # a matrix-vector product in the spikes' own memory order (a multiply, a copy to
+            # NCHW and a float64 sum were a quarter of a VGG's simulation); the input may
+            # carry event counts, so its sums are made in float64
+            exact = source >= 0 and self._exact_sums[id(fanout)]
+            x, order = _per_sample(spikes)
+            w = fanout.permute(order).reshape(-1)
+            ops = (x @ w if exact else x.double() @ w.double()).to(torch.float64).view(spikes.shape[:2])  # [steps, B]
             self.synops[j] += ops.sum(0)
             self.synops_steps[start : start + len(ops)] += ops.sum(1)
 
     def add_layer(self, index: int, spikes: Tensor, start: int, counts: Tensor | None = None) -> None:
         """``spikes`` ``[steps, B, ...]`` of layer ``index`` for steps ``start+1 ..``;
         ``counts`` ``[steps, B]``: their sums per step and image when already known."""
-        if counts is None:
-            counts = spikes.flatten(2).sum(2, dtype=torch.float64)
+        if counts is None:  # 0/1 spikes: their float sums are exact while a sample has < 1/eps values
+            x, _ = _per_sample(spikes)
+            exact = x.shape[1] < 1.0 / torch.finfo(x.dtype).eps
+            counts = (x.sum(1) if exact else x.sum(1, dtype=torch.float64)).to(torch.float64).view(spikes.shape[:2])
         self._add_synops(index, spikes, start)
         if not self._pending[index]:
             self._pending_first[index] = start
@@ -828,6 +860,14 @@ class _Accumulator:
             synops=None if self.synops is None else self.synops.cpu(),
             synops_steps=None if self.synops_steps is None else self.synops_steps.cpu(),
         )
+
+
+def _per_sample(t: Tensor) -> tuple[Tensor, list[int]]:
+    """``t`` ``[steps, B, ...]`` as ``[steps * B, n]`` with each sample's values in their
+    memory order (a view for channels-last as for NCHW), and that order of one sample's
+    dimensions (to lay out a per-sample tensor the same way)."""
+    order = sorted(range(t.dim() - 2), key=lambda d: -t.stride(d + 2))
+    return t.permute(0, 1, *(d + 2 for d in order)).reshape(t.shape[0] * t.shape[1], -1), order
 
 
 def _recurrence(
