@@ -303,6 +303,17 @@ def test_window_select_takes_max_pool2d_s_first_maximum_in_any_window_and_layout
         assert torch.equal(window_select(keys, values, params), expected), params
 
 
+def test_gate_without_memory_passes_each_step_s_max_pool_of_the_spikes():
+    g = torch.Generator().manual_seed(2)
+    spikes = (torch.rand(6, 2, 3, 8, 8, generator=g) < 0.3).float()
+    params = GateParams(kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), estimate="spikes")
+    passed, _ = maxpool_gate(spikes, None, params)
+    assert torch.equal(passed, F.max_pool2d(spikes.flatten(0, 1), 3, 2, 1).unflatten(0, (6, 2)))
+    # more spikes than the rate gate passes: any spike in the window passes
+    gated, _ = maxpool_gate(spikes, None, GateParams(kernel_size=(3, 3), stride=(2, 2), padding=(1, 1)))
+    assert float(passed.sum()) > float(gated.sum())
+
+
 def test_ewma_gate_follows_a_change_of_the_fastest_input_and_the_count_gate_remembers():
     T = 400
     a = torch.zeros(T, dtype=torch.float64)
@@ -317,7 +328,7 @@ def test_ewma_gate_follows_a_change_of_the_fastest_input_and_the_count_gate_reme
     assert float(count[310:].sum()) == T - 310
 
 
-@pytest.mark.parametrize("rate", ["count", "ewma"])
+@pytest.mark.parametrize("rate", ["count", "ewma", "spikes"])
 def test_maxpool_gate_is_identical_in_both_simulators_and_the_module(rate):
     torch.manual_seed(0)
     model = _randomize_batchnorm(ding_cnn(width=0.125, size=16)).double().eval()

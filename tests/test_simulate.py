@@ -261,8 +261,8 @@ def test_fused_kernel_in_channels_last_layout_steps_like_if_step(reset, v_min):
 
 
 def test_maxpool_gate_kernel_passes_the_tensor_code_s_spikes_in_any_window_and_layout():
-    """The C gate against neurons.maxpool_gate: random windows (padding, strides), both
-    estimates, float32/64, NCHW and channels-last, integer starting estimates (ties)."""
+    """The C gate against neurons.maxpool_gate: random windows (padding, strides), every
+    rate estimate, float32/64, NCHW and channels-last, integer starting estimates (ties)."""
     from spikeconv.sim import kernels
     from spikeconv.sim.neurons import GateParams, maxpool_gate
 
@@ -277,7 +277,7 @@ def test_maxpool_gate_kernel_passes_the_tensor_code_s_spikes_in_any_window_and_l
         kernel = (draw(1, 4), draw(1, 4))
         params = GateParams(
             kernel_size=kernel, stride=(draw(1, 4), draw(1, 3)), padding=(draw(0, kernel[0] // 2 + 1), draw(0, kernel[1] // 2 + 1)),
-            estimate="count" if case % 2 else "ewma", decay=(0.9, 0.7, 0.33)[case % 3],
+            estimate=("count", "ewma", "spikes")[case % 3], decay=(0.9, 0.7, 0.33)[case // 3 % 3],
         )  # fmt: skip
         dtype = (torch.float32, torch.float64)[case // 2 % 2]
         steps, batch, channels = draw(1, 5), draw(1, 4), draw(1, 5)
@@ -288,7 +288,7 @@ def test_maxpool_gate_kernel_passes_the_tensor_code_s_spikes_in_any_window_and_l
         expected, expected_estimate = maxpool_gate(spikes, start, params)
         passed, estimate = kernels.maxpool_gate(
             spikes, None if start is None else start.clone(), kernel_size=params.kernel_size, stride=params.stride,
-            padding=params.padding, ewma=params.estimate == "ewma", decay=params.decay,
+            padding=params.padding, rate=params.estimate, decay=params.decay,
         )  # fmt: skip
         assert torch.equal(passed, expected) and torch.equal(estimate, expected_estimate), (case, params)
         layout = torch.channels_last if case % 3 == 0 and channels > 1 else torch.contiguous_format

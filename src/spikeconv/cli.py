@@ -192,7 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--p", type=float, default=None, help="robust/channelwise: the percentile (default 99.9)")
     p.add_argument("--base", choices=list(BASES), default=None, help="threshold: whose scales to use (default: maxnorm)")
-    p.add_argument("--maxpool-rate", choices=RATE_ESTIMATES, default="count", help="max-pool gate rate estimate")
+    p.add_argument(
+        "--maxpool-rate", choices=RATE_ESTIMATES, default="count",
+        help="max-pool gate rate estimate: running spike count, ewma, or none ('spikes': each step's max-pool "
+        "of the spikes, as SpikingJelly and QCFS's code)",
+    )  # fmt: skip
     p.add_argument("--maxpool-decay", type=float, default=0.9, help="max-pool gate: decay of the ewma estimate")
     p.add_argument(
         "--reset", choices=RESETS, default="subtract",

@@ -74,8 +74,9 @@ def build_snn(
     ``readout``: ``spikes`` (spike count), ``membrane`` (accumulated output potential) or
     ``softmax`` (Rueckauer Sec. 3.5; an external generator firing with probability
     ``softmax_rate`` per step triggers one output spike drawn from softmax(V)).
-    ``maxpool_rate`` (``count`` or ``ewma``, with ``maxpool_decay``) is the rate estimate of
-    the spiking max-pool gates (Rueckauer Sec. 3.6)."""
+    ``maxpool_rate`` (``count``, ``ewma`` with ``maxpool_decay``, or ``spikes``) is the rate
+    estimate of the spiking max-pool gates (Rueckauer Sec. 3.6); ``spikes`` has none: each
+    step's max-pool of the spikes (:class:`~spikeconv.sim.neurons.GateParams`)."""
     if not isinstance(traced, TracedNetwork):
         raise TypeError(f"build_snn() takes the TracedNetwork of spikeconv.trace(model, shape), not {type(traced).__name__}")
     if not isinstance(stats, ActivationStats):

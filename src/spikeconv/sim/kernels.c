@@ -347,8 +347,9 @@ int event_conv_f32(const float *x, int64_t H, int64_t W, int64_t C, int64_t k,
 
 /* Spiking max-pool gate (spikeconv.sim.neurons.maxpool_gate) over a chunk of steps: per image
    and step, the rate estimate e [C][H][W] (element strides sc, sy, sx: contiguous or
-   channels-last, as the spikes) is updated with the step's spikes s (count: e + s; ewma:
-   keep * e + take * s, two products and a sum as the tensor code makes them), then each
+   channels-last, as the spikes) is updated with the step's spikes s (rate 0, count: e + s;
+   1, ewma: keep * e + take * s, two products and a sum as the tensor code makes them;
+   2, spikes: s), then each
    window passes the spike at its largest estimate, the first in row-major order on a tie
    (max_pool2d's index: a running maximum from -inf with a strict >, so padding never
    wins). out [steps][batch][C][OH][OW] with element strides oc, oy, ox per image, in the
@@ -366,7 +367,7 @@ int event_conv_f32(const float *x, int64_t H, int64_t W, int64_t C, int64_t k,
 void NAME(const T *spikes, T *estimate, T *out, int64_t steps, int64_t batch, int64_t C,    \
           int64_t H, int64_t W, int64_t sc, int64_t sy, int64_t sx, int64_t OH, int64_t OW, \
           int64_t oc, int64_t oy, int64_t ox, int64_t KH, int64_t KW, int64_t stride_y,     \
-          int64_t stride_x, int64_t pad_y, int64_t pad_x, int ewma, T keep, T take,         \
+          int64_t stride_x, int64_t pad_y, int64_t pad_x, int rate, T keep, T take,         \
           int64_t b0, int64_t b1, int nthreads) {                                           \
     const int64_t n = C * H * W, m = C * OH * OW;                                           \
     const int last = sc == 1 && C > 1; /* channels-last: rows of channels */                \
@@ -377,7 +378,8 @@ void NAME(const T *spikes, T *estimate, T *out, int64_t steps, int64_t batch, in
         T *restrict e = estimate + b * n;                                                   \
         for (int64_t k = 0; k < steps; ++k) {                                               \
             const T *restrict s = spikes + (k * batch + b) * n;                             \
-            if (ewma) for (int64_t i = 0; i < n; ++i) e[i] = keep * e[i] + take * s[i];     \
+            if (rate == 1) for (int64_t i = 0; i < n; ++i) e[i] = keep * e[i] + take * s[i]; \
+            else if (rate == 2) memcpy(e, s, sizeof(T) * (size_t)n);                        \
             else for (int64_t i = 0; i < n; ++i) e[i] = e[i] + s[i];                        \
             T *o = out + (k * batch + b) * m;                                               \
             for (int64_t r0 = 0; r0 < (last ? OH * OW : C * OH); ++r0) {                    \

@@ -50,6 +50,8 @@ __all__ = ["available", "if_recurrence", "maxpool_gate", "MODES"]
 
 # mode: what a neuron does in a step
 MODES = {"zero": 0, "subtract": 1, "integrate": 2}
+# a max-pool gate's rate estimate (spikeconv.sim.neurons.GateParams)
+GATE_RATES = {"count": 0, "ewma": 1, "spikes": 2}
 
 _SOURCE = Path(__file__).with_suffix(".c")  # the kernels' C source, beside this file
 
@@ -303,7 +305,7 @@ def if_recurrence(
 
 def maxpool_gate(
     spikes: Tensor, estimate: Tensor | None, *, kernel_size: tuple[int, int], stride: tuple[int, int],
-    padding: tuple[int, int], ewma: bool, decay: float, out: Tensor | None = None,
+    padding: tuple[int, int], rate: str, decay: float, out: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """:func:`spikeconv.sim.neurons.maxpool_gate` over ``spikes`` ``[steps, B, C, H, W]``
     (dense per image, contiguous or channels-last): the same passed spikes
@@ -328,7 +330,7 @@ def maxpool_gate(
     fn = library.maxpool_gate_f32 if spikes.dtype == torch.float32 else library.maxpool_gate_f64
     head = (
         spikes.data_ptr(), estimate.data_ptr(), out.data_ptr(), steps, batch, channels, height, width,
-        *spikes.stride()[2:], rows, cols, *out.stride()[2:], kh, kw, sh, sw, ph, pw, int(ewma), decay, 1.0 - decay,
+        *spikes.stride()[2:], rows, cols, *out.stride()[2:], kh, kw, sh, sw, ph, pw, GATE_RATES[rate], decay, 1.0 - decay,
     )  # fmt: skip
     threads = min(torch.get_num_threads(), batch, (steps * batch * spikes[0, 0].numel()) // 65536)
     _split_over_threads(library, fn, head, (), batch, threads)

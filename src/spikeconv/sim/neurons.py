@@ -84,8 +84,8 @@ def if_step(z: Tensor, v: Tensor, params: IFParams) -> tuple[Tensor, Tensor]:
     return fired.to(z.dtype), v
 
 
-RateEstimate = Literal["count", "ewma"]
-RATE_ESTIMATES: tuple[str, ...] = ("count", "ewma")
+RateEstimate = Literal["count", "ewma", "spikes"]
+RATE_ESTIMATES: tuple[str, ...] = ("count", "ewma", "spikes")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,7 +96,10 @@ class GateParams:
     Rate estimates, updated with the current step's spikes before the gate decides:
     ``count``: the running spike count ``c(t) = c(t-1) + s(t)`` (the online average times t);
     ``ewma``: ``r(t) = decay * r(t-1) + (1 - decay) * s(t)``, an exponentially weighted
-    average that forgets the start. Ties go to the first input of the window (row-major)."""
+    average that forgets the start; ``spikes``: no memory, ``r(t) = s(t)``: a window passes a
+    spike whenever any of its inputs spikes, the max-pool of each step's spikes (what
+    SpikingJelly's converter and Bu et al.'s QCFS code do with a max-pool; it can pass more
+    spikes than the fastest input has). Ties go to the first input of the window (row-major)."""
 
     kernel_size: tuple[int, int]
     stride: tuple[int, int]
@@ -120,6 +123,8 @@ def maxpool_gate(spikes: Tensor, estimate: Tensor | None, params: GateParams) ->
     for s in spikes:  # one step at a time: the estimate stays one step's size (and in cache)
         if params.estimate == "count":
             estimate = estimate + s
+        elif params.estimate == "spikes":
+            estimate = s
         else:
             estimate = params.decay * estimate + (1.0 - params.decay) * s
         passed.append(window_select(estimate, s, params))

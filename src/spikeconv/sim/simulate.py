@@ -682,13 +682,13 @@ def _gate(
     spikes: Tensor, estimate: Tensor | None, gate: GateParams, use_kernel: bool, out: Tensor | None
 ) -> tuple[Tensor, Tensor]:
     """The max-pool gate over a chunk of steps: in C where it can (the same spikes as the
-    reference's :func:`maxpool_gate`: it only compares and copies; ewma's products are made
+    reference's :func:`maxpool_gate`: it only adds, compares and copies; ewma's products are made
     as the tensor code makes them, tested), into ``out`` when it fits, updating the
     simulator's own ``estimate`` in place; else the tensor code."""
     if use_kernel and kernels.supports(spikes) and kernels.dense_blocks(spikes, 2):
         return kernels.maxpool_gate(
             spikes, estimate, kernel_size=gate.kernel_size, stride=gate.stride, padding=gate.padding,
-            ewma=gate.estimate == "ewma", decay=gate.decay, out=out,
+            rate=gate.estimate, decay=gate.decay, out=out,
         )  # fmt: skip
     return maxpool_gate(spikes, estimate, gate)
 

@@ -1,0 +1,40 @@
+"""Does a max-pool without memory (``maxpool_rate="spikes"``: each step's max-pool of the
+spikes, as SpikingJelly's converter and Bu et al.'s QCFS code treat a max-pool) convert
+the quarter-width VGG-16 of benchmarks/low_latency.py better at low T than the rate gate
+(``count``, Rueckauer Sec. 3.6)? Its threshold-ReLU net (max-norm) and its ReLU net
+(clip-floor MSE thresholds for T = 32, V(0) = theta/2), 1,000 seeded CIFAR-10 test images,
+analog input, accuracy at T = 4 ... 64. Needs the low-latency checkpoints (about 2 min).
+
+    python benchmarks/maxpool_rate_check.py   # from the project root, CIFAR-10 in ../shared/datasets
+
+2026-11-29 (1 thread): no. The gate without memory is ahead by at most 5.3 pt at T <= 16 and
+behind from T = 32 (64.10 against 66.70 %; 39.90 against 48.20 % on the ReLU net):
+
+    threshold maxnorm count   ANN 80.30 T=4:9.00 T=8:9.00 T=16:40.30 T=32:66.70 T=64:76.50
+    threshold maxnorm spikes  ANN 80.30 T=4:9.00 T=8:9.20 T=16:45.60 T=32:64.10 T=64:70.00
+    relu mse count            ANN 80.00 T=4:18.50 T=8:26.90 T=16:36.70 T=32:48.20 T=64:63.40
+    relu mse spikes           ANN 80.00 T=4:20.10 T=8:27.10 T=16:33.80 T=32:39.90 T=64:44.80
+"""
+
+from pathlib import Path
+
+import torch
+
+import spikeconv
+from spikeconv.io.data import load_dataset
+from spikeconv.training import evaluate_ann, load_model
+
+RUNS = Path(__file__).resolve().parent / "runs" / "low_latency"
+
+torch.set_num_threads(1)
+test = load_dataset("cifar10", "test", "../shared/datasets").subset(1000, seed=0)
+calibration = load_dataset("cifar10", "train", "../shared/datasets").subset(1000, seed=1).tensors()[0]
+for variant, rule, options in (("threshold", "maxnorm", {}), ("relu", "mse", {"T": 32, "initial_potential": 0.5})):
+    model, _ = load_model(RUNS / f"vgg-cifar-{variant}.pt")
+    model.eval()
+    ann = evaluate_ann(model, test)
+    for rate in ("count", "spikes"):
+        snn = spikeconv.convert(model, calibration, rule=rule, maxpool_rate=rate, **options)
+        result = spikeconv.simulate(snn, test, T=64, batch_size=200, progress=False)
+        steps = " ".join(f"T={t}:{result.accuracy_at(t):.2f}" for t in (4, 8, 16, 32, 64))
+        print(f"{variant} {rule} {rate:7s} ANN {ann:.2f} {steps}", flush=True)
