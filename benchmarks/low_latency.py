@@ -61,6 +61,14 @@ class Net:
     batch_size: int = 64
     augment: dict[str, Any] = field(default_factory=dict)  # crop / pad / flip
     note: str = ""
+    variant_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # over VARIANTS, per variant
+
+
+# QCFS's lambda starts at Bu et al.'s 8 on the nets without BatchNorm. On the BatchNorm nets
+# it starts at 2, where the threshold ReLU starts: Bu et al. train lambda with SGD at lr 0.1;
+# under Adam at 1e-3 it moved from 8 to about 7 in 15 epochs of VGG-16/4, where 72-92 % of
+# each layer's outputs were 0 (BatchNorm'd inputs, std about 1.2) and the net was at 27.8 %.
+BATCHNORM_QCFS = {"qcfs4": {"theta": 2.0}, "qcfs8": {"theta": 2.0}}
 
 
 NETS = {
@@ -69,10 +77,12 @@ NETS = {
     "vgg-cifar": Net(
         "vgg16-quarter", "cifar10", epochs=30, augment={"pad": 4, "flip": True},
         note="VGG-16 layout at a quarter of the width (16-32-64-128-128 channels) with BatchNorm",
+        variant_options=BATCHNORM_QCFS,
     ),
     "resnet20-cifar": Net(
         "resnet20", "cifar10", epochs=30, augment={"pad": 4, "flip": True},
         note="ResNet-20 (He et al. 2016, CIFAR layout: 3 x 3 basic blocks, 16-32-64 channels) with BatchNorm",
+        variant_options=BATCHNORM_QCFS,
     ),
 }
 
@@ -114,9 +124,8 @@ CONVERSIONS = [
 
 
 def options_for(net: Net, variant: str) -> TrainOptions:
-    return TrainOptions(
-        epochs=net.epochs, batch_size=net.batch_size, lr=net.lr, seed=0, **net.augment, **VARIANTS[variant]
-    )
+    activation = {**VARIANTS[variant], **net.variant_options.get(variant, {})}
+    return TrainOptions(epochs=net.epochs, batch_size=net.batch_size, lr=net.lr, seed=0, **net.augment, **activation)
 
 
 def trained(net_name: str, variant: str, train_set: ImageDataset, test_set: ImageDataset) -> torch.nn.Module:
@@ -301,7 +310,8 @@ def report(results_path: Path) -> None:
         "",
         f"{results['note']}. Trained {results['train_options']['relu']['epochs']} epochs (Adam, lr "
         f"{results['train_options']['relu']['lr']}, cosine, batch {results['train_options']['relu']['batch_size']}, "
-        "seed 0) once per activation; RNL+RIL adds Ding's stage 2 (2 epochs, shared p, lambda 0.5). "
+        "seed 0) once per activation; RNL+RIL adds Ding's stage 2 (2 epochs, shared p, lambda 0.5); "
+        f"QCFS's lambda starts at {results['train_options']['qcfs4'].get('theta') or 8.0:g}. "
         f"SNN: analog input, reset by subtraction, {results['test_images']} test images, accuracy after T steps "
         f"of one run to T = {results['settings']['T']}. Rule-based conversions use "
         f"{results['settings']['statistics_images']} training images for statistics; clip-floor MSE thresholds and "

@@ -3,7 +3,11 @@ spikes, as SpikingJelly's converter and Bu et al.'s QCFS code treat a max-pool) 
 the quarter-width VGG-16 of benchmarks/low_latency.py better at low T than the rate gate
 (``count``, Rueckauer Sec. 3.6)? Its threshold-ReLU net (max-norm) and its ReLU net
 (clip-floor MSE thresholds for T = 32, V(0) = theta/2), 1,000 seeded CIFAR-10 test images,
-analog input, accuracy at T = 4 ... 64. Needs the low-latency checkpoints (about 2 min).
+analog input, accuracy at T = 4 ... 64. Then where the rate error enters (count gates):
+per stage, ||rate(T = 32) - clip(ideal rate, 0, 1)|| / ||clip(ideal rate, 0, 1)|| on 100
+test images, ideal = the ANN's activation over the threshold, for the ReLU net with MSE
+thresholds and after advanced calibration (G: a max-pool gate). Needs the low-latency
+checkpoints (about 5 min).
 
     python benchmarks/maxpool_rate_check.py   # from the project root, CIFAR-10 in ../shared/datasets
 
@@ -14,6 +18,12 @@ behind from T = 32 (64.10 against 66.70 %; 39.90 against 48.20 % on the ReLU net
     threshold maxnorm spikes  ANN 80.30 T=4:9.00 T=8:9.20 T=16:45.60 T=32:64.10 T=64:70.00
     relu mse count            ANN 80.00 T=4:18.50 T=8:26.90 T=16:36.70 T=32:48.20 T=64:63.40
     relu mse spikes           ANN 80.00 T=4:20.10 T=8:27.10 T=16:33.80 T=32:39.90 T=64:44.80
+
+The first gate almost triples the error of the layer before it (0.09 -> 0.26 after
+calibration); it stays at 0.2-0.4 from there and grows at the classifier:
+
+    mse      0:0.06 3:0.10 6G:0.27 7:0.25 10:0.29 13G:0.33 14:0.34 ... 43G:0.35 45:0.39 48:0.43 51:0.56
+    advanced 0:0.06 3:0.09 6G:0.26 7:0.22 10:0.24 13G:0.28 14:0.27 ... 43G:0.31 45:0.31 48:0.36 51:0.45
 """
 
 from pathlib import Path
@@ -21,6 +31,7 @@ from pathlib import Path
 import torch
 
 import spikeconv
+from spikeconv.conversion.calibration import calibrate_snn
 from spikeconv.io.data import load_dataset
 from spikeconv.training import evaluate_ann, load_model
 
@@ -38,3 +49,15 @@ for variant, rule, options in (("threshold", "maxnorm", {}), ("relu", "mse", {"T
         result = spikeconv.simulate(snn, test, T=64, batch_size=200, progress=False)
         steps = " ".join(f"T={t}:{result.accuracy_at(t):.2f}" for t in (4, 8, 16, 32, 64))
         print(f"{variant} {rule} {rate:7s} ANN {ann:.2f} {steps}", flush=True)
+
+model, _ = load_model(RUNS / "vgg-cifar-relu.pt")
+images = test.subset(100, seed=0).tensors()[0]
+snn = spikeconv.convert(model.eval(), calibration, rule="mse", T=32, initial_potential=0.5)
+for label, net in (("mse", snn), ("advanced", calibrate_snn(snn, calibration, T=32, mode="advanced"))):
+    counts = spikeconv.simulate(net, images, T=32, record_counts=True, progress=False).spike_counts
+    errors = []
+    for stage, ideal in zip(net.spiking_stages, net.analog_forward(images), strict=True):
+        ideal = ideal.double().clamp(0, 1)
+        error = float((counts[stage.name].double() / 32 - ideal).norm() / ideal.norm())
+        errors.append(f"{stage.name}{'G' if stage.gate is not None else ''}:{error:.2f}")
+    print(f"{label:8s}", " ".join(errors), flush=True)
