@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="train every ReLU as this (spikeconv.conversion.activations): threshold ReLU, QCFS or Rate Norm Layer",
     )  # fmt: skip
     p.add_argument("--levels", type=_positive_int, default=8, help="qcfs: quantization levels L")
-    p.add_argument("--theta", type=float, default=None, help="threshold / qcfs: the clip value (default: 1 / 8)")
+    p.add_argument("--theta", type=float, default=None, help="threshold / qcfs: the clip value (default: 1 / 8; "
+                   "for qcfs on a BatchNorm net under Adam, start near 2: see the README)")
     p.add_argument("--train-theta", action="store_true", help="threshold: learn theta (qcfs always learns it)")
     p.add_argument("--shift", type=_positive_int, default=None, help="threshold: train with the shift theta/(2T), T = this")
     p.add_argument("--ril", type=float, default=0.0, help="ratenorm: weight lambda of Ding's Rate Inference Loss")
