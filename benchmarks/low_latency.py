@@ -245,6 +245,9 @@ PAPERS: dict[str, list[str]] = {
         "Bu et al. 2022 (QCFS), VGG-16, CIFAR-10, ANN 95.52 %: SNN 93.96 / 94.95 / 95.40 % at T = 4 / 8 / 16.",
         "Li et al. 2021 (SNN Calibration README), VGG-16, CIFAR-10, T = 16: none 64.52 %, light 93.30 %, "
         "advanced 93.65 %.",
+        "Pooling: Li et al.'s VGG-16 (their code) has average pools, which convert without gates; Bu et al.'s has "
+        "max-pools applied to each step's spikes (maxpool_rate='spikes' here); ours keeps Rueckauer's rate gates "
+        "(benchmarks/maxpool_rate_check.py compares the two).",
     ],
     "resnet20-cifar": [
         "Bu et al. 2022 (QCFS), ResNet-20, CIFAR-10, ANN 91.77 %: SNN 83.75 / 89.55 / 91.62 % at T = 4 / 8 / 16.",
@@ -263,7 +266,7 @@ def targets(net: str, conversions: dict[str, Any], shares: dict[str, float]) -> 
     def check(label: str, t: int, bound: float) -> str:
         value = gap(label, t)
         if value is None:
-            return f"{label}: not run"
+            return f"{label} at T = {t}: not run"
         verdict = "met" if value <= bound + 1e-9 else f"missed by {value - bound:.2f} pt"
         return f"{label} within {bound} pt of its ANN at T = {t}: {value:+.2f} pt below, {verdict}"
 
