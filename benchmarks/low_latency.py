@@ -9,6 +9,7 @@ multiply-adds, and the steps, spikes and operations to reach the ANN within 1 pt
     python benchmarks/low_latency.py --net ding-mnist --data-root ../shared/datasets
     python benchmarks/low_latency.py --net yang-mnist --data-root ../shared/datasets
     python benchmarks/low_latency.py --net vgg-cifar --data-root ../shared/datasets   # hours
+    python benchmarks/low_latency.py --net vgg-avg-cifar --variants relu --data-root ../shared/datasets
     python benchmarks/low_latency.py --report          # tables and plots from what is done
 
 Resumable at every level: training checkpoints in benchmarks/runs/low_latency/ (each
@@ -77,6 +78,12 @@ NETS = {
     "vgg-cifar": Net(
         "vgg16-quarter", "cifar10", epochs=30, augment={"pad": 4, "flip": True},
         note="VGG-16 layout at a quarter of the width (16-32-64-128-128 channels) with BatchNorm",
+        variant_options=BATCHNORM_QCFS,
+    ),
+    "vgg-avg-cifar": Net(
+        "vgg16-quarter-avg", "cifar10", epochs=30, augment={"pad": 4, "flip": True},
+        note="VGG-16 layout at a quarter of the width with BatchNorm and average pools instead of max-pools "
+        "(as Li et al.'s VGG-16): no spiking max-pool gates",
         variant_options=BATCHNORM_QCFS,
     ),
     "resnet20-cifar": Net(
@@ -248,6 +255,16 @@ PAPERS: dict[str, list[str]] = {
         "Pooling: Li et al.'s VGG-16 (their code) has average pools, which convert without gates; Bu et al.'s has "
         "max-pools applied to each step's spikes (maxpool_rate='spikes' here); ours keeps Rueckauer's rate gates "
         "(benchmarks/maxpool_rate_check.py compares the two).",
+    ],
+    "vgg-avg-cifar": [
+        "Ding et al. 2021 Table 2, VGG-16, CIFAR-10, T = 16 / 32 / 64 / 128 / 256: max-norm 10.07 / 10.00 / 12.17 / "
+        "50.37 / 81.85 %; robust 10.11 / 43.03 / 81.52 / 90.80 / 92.75 %; RNL+RIL 57.90 / 85.40 / 91.15 / 92.51 / "
+        "92.95 %.",
+        "Bu et al. 2022 (QCFS), VGG-16, CIFAR-10, ANN 95.52 %: SNN 93.96 / 94.95 / 95.40 % at T = 4 / 8 / 16.",
+        "Li et al. 2021 (SNN Calibration README), VGG-16, CIFAR-10, T = 16: none 64.52 %, light 93.30 %, "
+        "advanced 93.65 %.",
+        "Pooling: average pools, as Li et al.'s VGG-16; benchmarks/low_latency.py --net vgg-cifar is the same net "
+        "with max-pools (spiking max-pool gates).",
     ],
     "resnet20-cifar": [
         "Bu et al. 2022 (QCFS), ResNet-20, CIFAR-10, ANN 91.77 %: SNN 83.75 / 89.55 / 91.62 % at T = 4 / 8 / 16.",

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "ZOO", "ZooEntry", "build_model", "yang_mnist", "yang_svhn", "yang_cifar10", "digits_net", "rueckauer_cifar10",
-    "ding_cnn", "vgg16", "vgg16_quarter", "vgg_small", "preact_resnet18", "PreActBlock", "PreActResNet", "BasicBlock",
+    "ding_cnn", "vgg16", "vgg16_quarter", "vgg16_quarter_avg", "vgg_small", "preact_resnet18", "PreActBlock", "PreActResNet", "BasicBlock",
     "ResNetCifar", "resnet20", "resnet18",
 ]  # fmt: skip
 
@@ -291,6 +291,12 @@ def vgg16_quarter(num_classes: int = 10) -> nn.Sequential:
     return vgg16(width=0.25, num_classes=num_classes)
 
 
+def vgg16_quarter_avg(num_classes: int = 10) -> nn.Sequential:
+    """:func:`vgg16_quarter` with 2x2 average pools instead of max-pools, as Li et al.'s
+    (SNN Calibration) VGG-16: average pools convert into the next synapse, without gates."""
+    return vgg16(width=0.25, num_classes=num_classes, pool="avg")
+
+
 @dataclass(frozen=True, kw_only=True)
 class ZooEntry:
     build: Callable[..., nn.Module]  # takes width= where the architecture has one
@@ -311,6 +317,7 @@ ZOO: dict[str, ZooEntry] = {
     "resnet20": ZooEntry(build=resnet20, input_shape=(3, 32, 32), dataset="cifar10"),
     "resnet18": ZooEntry(build=resnet18, input_shape=(3, 32, 32), dataset="cifar10"),
     "vgg16-quarter": ZooEntry(build=vgg16_quarter, input_shape=(3, 32, 32), dataset="cifar10"),
+    "vgg16-quarter-avg": ZooEntry(build=vgg16_quarter_avg, input_shape=(3, 32, 32), dataset="cifar10"),
     # the course report's nets (brown-course-report-cnn-to-snn.md Tables 1-3)
     "yang-mnist-max": ZooEntry(build=partial(yang_mnist, pool="max"), input_shape=(1, 28, 28), dataset="mnist"),
     "yang-nmnist": ZooEntry(build=partial(yang_mnist, 2, 34), input_shape=(2, 34, 34), dataset="nmnist"),
