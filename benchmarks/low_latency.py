@@ -238,6 +238,14 @@ def run(net_name: str, data_root: str | None, force: bool, test_size: int | None
     report(results_path)
 
 
+VGG16_PAPERS = [  # both VGG-16/4 nets
+        "Ding et al. 2021 Table 2, VGG-16, CIFAR-10, T = 16 / 32 / 64 / 128 / 256: max-norm 10.07 / 10.00 / 12.17 / "
+        "50.37 / 81.85 %; robust 10.11 / 43.03 / 81.52 / 90.80 / 92.75 %; RNL+RIL 57.90 / 85.40 / 91.15 / 92.51 / "
+        "92.95 %.",
+        "Bu et al. 2022 (QCFS), VGG-16, CIFAR-10, ANN 95.52 %: SNN 93.96 / 94.95 / 95.40 % at T = 4 / 8 / 16.",
+        "Li et al. 2021 (SNN Calibration README), VGG-16, CIFAR-10, T = 16: none 64.52 %, light 93.30 %, "
+        "advanced 93.65 %.",
+]
 PAPERS: dict[str, list[str]] = {
     "ding-mnist": [
         "Ding et al. 2021 Table 1, MNIST, 7-layer CNN with RNL: SNN 96.51 %, conversion loss 0.00 pt "
@@ -248,23 +256,13 @@ PAPERS: dict[str, list[str]] = {
         "(benchmarks/mnist_yang.py reproduces that setting; this table uses analog input and reset by subtraction).",
     ],
     "vgg-cifar": [
-        "Ding et al. 2021 Table 2, VGG-16, CIFAR-10, T = 16 / 32 / 64 / 128 / 256: max-norm 10.07 / 10.00 / 12.17 / "
-        "50.37 / 81.85 %; robust 10.11 / 43.03 / 81.52 / 90.80 / 92.75 %; RNL+RIL 57.90 / 85.40 / 91.15 / 92.51 / "
-        "92.95 %.",
-        "Bu et al. 2022 (QCFS), VGG-16, CIFAR-10, ANN 95.52 %: SNN 93.96 / 94.95 / 95.40 % at T = 4 / 8 / 16.",
-        "Li et al. 2021 (SNN Calibration README), VGG-16, CIFAR-10, T = 16: none 64.52 %, light 93.30 %, "
-        "advanced 93.65 %.",
+        *VGG16_PAPERS,
         "Pooling: Li et al.'s VGG-16 (their code) has average pools, which convert without gates; Bu et al.'s has "
         "max-pools applied to each step's spikes (maxpool_rate='spikes' here); ours keeps Rueckauer's rate gates "
         "(benchmarks/maxpool_rate_check.py compares the two).",
     ],
     "vgg-avg-cifar": [
-        "Ding et al. 2021 Table 2, VGG-16, CIFAR-10, T = 16 / 32 / 64 / 128 / 256: max-norm 10.07 / 10.00 / 12.17 / "
-        "50.37 / 81.85 %; robust 10.11 / 43.03 / 81.52 / 90.80 / 92.75 %; RNL+RIL 57.90 / 85.40 / 91.15 / 92.51 / "
-        "92.95 %.",
-        "Bu et al. 2022 (QCFS), VGG-16, CIFAR-10, ANN 95.52 %: SNN 93.96 / 94.95 / 95.40 % at T = 4 / 8 / 16.",
-        "Li et al. 2021 (SNN Calibration README), VGG-16, CIFAR-10, T = 16: none 64.52 %, light 93.30 %, "
-        "advanced 93.65 %.",
+        *VGG16_PAPERS,
         "Pooling: average pools, as Li et al.'s VGG-16; benchmarks/low_latency.py --net vgg-cifar is the same net "
         "with max-pools (spiking max-pool gates).",
     ],

@@ -9,6 +9,7 @@ from torch import nn
 
 from spikeconv.conversion.calibrate import ActivationStats
 from spikeconv.io.data import load_digits
+from spikeconv.sim.neurons import GateParams
 from spikeconv.training import TrainOptions, train
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -27,6 +28,21 @@ def small_cnn(seed: int = 0, bias: bool = True, dtype: torch.dtype = torch.float
 
 def random_images(n: int, seed: int = 1, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     return torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def random_window(generator: torch.Generator, **gate: object) -> tuple[GateParams, int, int]:
+    """A random max-pool window (kernel 1-3, stride, padding up to half the kernel) as
+    GateParams with the ``gate`` options, and a map height and width it fits."""
+
+    def draw(low: int, high: int) -> int:
+        return int(torch.randint(low, high, (1,), generator=generator))
+
+    kernel = (draw(1, 4), draw(1, 4))
+    params = GateParams(
+        kernel_size=kernel, stride=(draw(1, 4), draw(1, 3)), padding=(draw(0, kernel[0] // 2 + 1), draw(0, kernel[1] // 2 + 1)),
+        **gate,  # type: ignore[arg-type]
+    )  # fmt: skip
+    return params, draw(kernel[0], 9), draw(kernel[1], 9)
 
 
 def on_grid(t: torch.Tensor, bits: int = 8) -> torch.Tensor:

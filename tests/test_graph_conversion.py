@@ -13,6 +13,7 @@ from conftest import (
     is_power_of_two,
     on_grid,
     power_of_two_stats,
+    random_window,
     round_parameters,
 )
 from hypothesis import given, settings
@@ -284,16 +285,9 @@ def test_maxpool_gate_passes_the_spikes_of_the_fastest_input(kind):
 def test_window_select_takes_max_pool2d_s_first_maximum_in_any_window_and_layout():
     # against max_pool2d's indices and a gather: integer keys, so most windows hold ties
     g = torch.Generator().manual_seed(0)
-
-    def draw(low: int, high: int) -> int:
-        return int(torch.randint(low, high, (1,), generator=g))
-
     for case in range(200):
-        kernel = (draw(1, 4), draw(1, 4))
-        params = GateParams(
-            kernel_size=kernel, stride=(draw(1, 4), draw(1, 3)), padding=(draw(0, kernel[0] // 2 + 1), draw(0, kernel[1] // 2 + 1)),
-        )  # fmt: skip
-        shape = (2, 3, draw(kernel[0], 9), draw(kernel[1], 9))
+        params, height, width = random_window(g)
+        shape = (2, 3, height, width)
         keys = torch.randint(0, 3, shape, generator=g).float()
         values = torch.rand(shape, generator=g)
         if case % 2:

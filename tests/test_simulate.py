@@ -4,7 +4,14 @@ import sys
 
 import pytest
 import torch
-from conftest import exact, grid_images, on_grid, random_images, small_cnn
+from conftest import (
+    exact,
+    grid_images,
+    on_grid,
+    random_images,
+    random_window,
+    small_cnn,
+)
 
 import spikeconv
 from spikeconv.metrics import latency, steps_to_reach
@@ -264,24 +271,18 @@ def test_maxpool_gate_kernel_passes_the_tensor_code_s_spikes_in_any_window_and_l
     """The C gate against neurons.maxpool_gate: random windows (padding, strides), every
     rate estimate, float32/64, NCHW and channels-last, integer starting estimates (ties)."""
     from spikeconv.sim import kernels
-    from spikeconv.sim.neurons import GateParams, maxpool_gate
+    from spikeconv.sim.neurons import maxpool_gate
 
     if not kernels.available():
         pytest.skip("no C compiler")
     gen = torch.Generator().manual_seed(1)
-
-    def draw(low: int, high: int) -> int:
-        return int(torch.randint(low, high, (1,), generator=gen))
-
     for case in range(120):
-        kernel = (draw(1, 4), draw(1, 4))
-        params = GateParams(
-            kernel_size=kernel, stride=(draw(1, 4), draw(1, 3)), padding=(draw(0, kernel[0] // 2 + 1), draw(0, kernel[1] // 2 + 1)),
-            estimate=("count", "ewma", "spikes")[case % 3], decay=(0.9, 0.7, 0.33)[case // 3 % 3],
-        )  # fmt: skip
+        params, height, width = random_window(
+            gen, estimate=("count", "ewma", "spikes")[case % 3], decay=(0.9, 0.7, 0.33)[case // 3 % 3]
+        )
         dtype = (torch.float32, torch.float64)[case // 2 % 2]
-        steps, batch, channels = draw(1, 5), draw(1, 4), draw(1, 5)
-        spikes = (torch.rand(steps, batch, channels, draw(kernel[0], 9), draw(kernel[1], 9), generator=gen) < 0.4).to(dtype)
+        steps, batch, channels = (int(n) for n in torch.randint(1, 5, (3,), generator=gen))
+        spikes = (torch.rand(steps, batch, channels, height, width, generator=gen) < 0.4).to(dtype)
         if case % 3 == 0:
             spikes = spikes.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, (steps, batch))
         start = None if case % 4 == 0 else torch.randint(0, 3, spikes[0].shape, generator=gen).to(dtype)
