@@ -43,7 +43,8 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module] | None] = {
 CONVERSIONS = [
     ("ReLU, max-norm", "ReLU", "maxnorm", {}, "auto"),
     ("ReLU, robust 99.9", "ReLU", "robust", {"p": 99.9}, "auto"),
-    ("threshold ReLU", "threshold ReLU (theta trainable, from 2)", "maxnorm", {}, "auto"),
+    ("threshold ReLU, V(0) = theta/2", "threshold ReLU (theta trainable, from 2)", "maxnorm", {}, "auto"),
+    ("threshold ReLU, V(0) = 0", "threshold ReLU (theta trainable, from 2)", "maxnorm", {}, 0.0),
     ("QCFS L=4, V(0) = theta/2", "QCFS L=4", "maxnorm", {}, "auto"),
     ("QCFS L=4, V(0) = 0", "QCFS L=4", "maxnorm", {}, 0.0),
     ("QCFS L=8, V(0) = theta/2", "QCFS L=8", "maxnorm", {}, "auto"),

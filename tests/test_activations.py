@@ -135,6 +135,26 @@ def test_conversion_takes_the_clip_values_as_scales_and_qcfs_starts_at_half_the_
     assert spikeconv.convert(dead, x, rule="maxnorm").info.mapping.layers[1].scale == 2.0
 
 
+def test_threshold_relu_starts_at_half_its_threshold_unless_trained_with_the_shift():
+    """``initial_potential="auto"``: theta/2 rounds T x / theta as QCFS does; the shift
+    (Deng & Gu) trains for the floor of a neuron starting empty, so it keeps 0."""
+    x = grid_images(20)
+    plain = spikeconv.convert(_net(lambda: ThresholdReLU(2.0)), x, rule="maxnorm")
+    assert [s.neuron.v_init for s in plain.spiking_stages] == [0.5, 0.5, 0.0]
+    shifted = spikeconv.convert(_net(lambda: ThresholdReLU(2.0, shift_steps=8)), x, rule="maxnorm")
+    assert [s.neuron.v_init for s in shifted.spiking_stages] == [0.0, 0.0, 0.0]
+    # constant input (weights and images on the 2^-8 grid, theta = 2: exact sums): the
+    # unshifted first layer fires clamp(floor(T z / theta + 1/2), 0, T) times, the shifted floor(T z / theta)
+    model = _net(lambda: ThresholdReLU(2.0))
+    z = model[0](x).detach()
+    T = 16
+    for snn, offset in ((plain, 0.5), (shifted, 0.0)):
+        counts = spikeconv.simulate(snn, x, T=T, coding="constant", record_counts=True).spike_counts
+        expected = torch.clamp(torch.floor(T * z / 2.0 + offset), 0, T)
+        assert torch.equal(counts[snn.spiking_stages[0].name].double(), expected)
+        assert 0 < float(expected.sum()) < T * expected.numel()
+
+
 def test_rate_norm_converts_to_its_threshold_and_the_division_moves_to_the_next_layer():
     model = _net(lambda: RateNorm(p_init=0.5))
     with torch.no_grad():
@@ -190,7 +210,7 @@ def test_ding_theorem_2_bounds_the_first_layers_fit_curve():
     """K_1(t) < 2 Omega_1 / t for the first layer under constant input (Ding Theorem 2)."""
     model = _net(lambda: ThresholdReLU(1.0))
     x = grid_images(10, seed=2)
-    snn = spikeconv.convert(model, x, rule="maxnorm")
+    snn = spikeconv.convert(model, x, rule="maxnorm", initial_potential=0.0)  # Ding's neurons start empty
     T = 50
     curves = fit_curve(snn, x, T=T)
     first = snn.spiking_stages[0].name

@@ -207,8 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--v-min", default="auto", help="membrane lower bound: auto (Yang eq. 17), none, or a number")
     p.add_argument(
         "--initial-potential", type=_number_or_auto, default="auto",
-        help="membrane before the first step, as a fraction of the threshold in [0, 1): auto (half in QCFS layers, "
-        "0 elsewhere) or a number for every layer",
+        help="membrane before the first step, as a fraction of the threshold in [0, 1): auto (half in QCFS and "
+        "unshifted threshold-ReLU layers and for --rule mse, 0 elsewhere) or a number for every layer",
     )  # fmt: skip
     p.add_argument(
         "--readout", choices=READOUTS, default="spikes",

@@ -69,7 +69,9 @@ class ThresholdReLU(ClipActivation):
     ``clip(x - theta/(2T), 0, theta)``: an IF neuron with reset by subtraction and no
     initial charge fires ``floor(T x / theta)`` times in T steps, half a step below
     ``T x / theta`` on average, and the shifted activation teaches the network that offset
-    (in eval mode the shift is off, as in the converted network)."""
+    (in eval mode the shift is off, as in the converted network). Without the shift the
+    converted neurons start at theta/2 instead (``initial_fraction``), which removes the same
+    offset: they fire ``floor(T x / theta + 1/2)`` times, as a QCFS neuron does."""
 
     theta: Tensor
 
@@ -83,6 +85,8 @@ class ThresholdReLU(ClipActivation):
         if shift_steps is not None and (not isinstance(shift_steps, int) or isinstance(shift_steps, bool) or shift_steps <= 0):
             raise ValueError(f"shift_steps must be a positive number of time steps or None, got {shift_steps!r}")
         self.shift_steps = shift_steps
+        # the shift already trains for the floor of a neuron starting empty
+        self.initial_fraction = 0.5 if shift_steps is None else 0.0
 
     def forward(self, x: Tensor) -> Tensor:
         theta = self.theta.abs()

@@ -68,8 +68,10 @@ def build_snn(
     ``initial_potential``: each IF neuron's membrane before the first step, as a fraction of
     its threshold in [0, 1): ``"auto"`` takes half the threshold in the layers of a
     :class:`~spikeconv.conversion.activations.QCFS` activation (where T = L steps reproduce the ANN
-    exactly; Bu et al. 2022), the rule's ``shift`` (default one half) for the clip-floor
-    ``mse`` rule, and 0 elsewhere; a number sets every layer.
+    exactly; Bu et al. 2022) and of a :class:`~spikeconv.conversion.activations.ThresholdReLU`
+    trained without the shift (with it: 0, the start the shift was trained for), the
+    rule's ``shift`` (default one half) for the clip-floor ``mse`` rule, and 0 elsewhere; a
+    number sets every layer.
 
     ``readout``: ``spikes`` (spike count), ``membrane`` (accumulated output potential) or
     ``softmax`` (Rueckauer Sec. 3.5; an external generator firing with probability
