@@ -13,7 +13,9 @@ multiply-adds, and the steps, spikes and operations to reach the ANN within 1 pt
     python benchmarks/low_latency.py --report          # tables and plots from what is done
 
 Resumable at every level: training checkpoints in benchmarks/runs/low_latency/ (each
-epoch), and each conversion's result written atomically into
+epoch, not committed), the finished ANNs in benchmarks/runs/low_latency_trained/ (weights,
+options and per-epoch history, committed: the conversions rerun without the hours of
+training), and each conversion's result written atomically into
 benchmarks/results/low_latency_<net>.json as soon as it is done; a rerun skips what is
 there (``--force`` redoes the conversions, not the training). Accuracy numbers do not
 depend on the machine's load, so these may run beside other work; the wall times printed
@@ -36,15 +38,17 @@ import torch
 
 import spikeconv
 from spikeconv.conversion.calibration import calibrate_snn
-from spikeconv.io import write_json, write_text
+from spikeconv.io import fingerprint, load_torch, save_torch, write_json, write_text
 from spikeconv.io.data import ImageDataset, load_dataset
 from spikeconv.metrics import ann_operations, fit_curve
 from spikeconv.plotting import plot_accuracy, plot_fit_curves
-from spikeconv.training import TrainOptions, evaluate_ann, train
+from spikeconv.training import TrainOptions, evaluate_ann, model_from_record, train
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RUNS = HERE / "runs" / "low_latency"
+TRAINED = HERE / "runs" / "low_latency_trained"
+TRAINED_KEYS = ("format", "arch", "input_shape", "state_dict", "options", "history", "train_data")
 STEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 T_MAX = 256
 CALIBRATION_IMAGES = 1000  # SNN Calibration's ~1,000 training images (Li et al. 2021)
@@ -120,8 +124,8 @@ CONVERSIONS = [
     Conversion("ReLU, clip-floor MSE thresholds", "relu", "mse", {"T": CALIBRATION_T}, 0.5),
     Conversion("ReLU, calibration light", "relu", "mse", {"T": CALIBRATION_T}, 0.5, "light"),
     Conversion("ReLU, calibration advanced", "relu", "mse", {"T": CALIBRATION_T}, 0.5, "advanced"),
-    Conversion("threshold ReLU", "threshold"),
-    Conversion("threshold ReLU, V(0) = theta/2", "threshold", initial_potential=0.5),
+    Conversion("threshold ReLU, V(0) = 0", "threshold", initial_potential=0.0),
+    Conversion("threshold ReLU, V(0) = theta/2", "threshold", initial_potential=0.5),  # = "auto" (no shift)
     Conversion("threshold ReLU + shift (T = 32)", "threshold-shift"),
     Conversion("threshold ReLU + shift, V(0) = theta/2", "threshold-shift", initial_potential=0.5),
     Conversion("QCFS L=4, V(0) = theta/2", "qcfs4"),
@@ -138,12 +142,26 @@ def options_for(net: Net, variant: str) -> TrainOptions:
 
 
 def trained(net_name: str, variant: str, train_set: ImageDataset, test_set: ImageDataset) -> torch.nn.Module:
+    """The finished ANN: the committed one in TRAINED when it was trained with these options
+    on these images, else trained (resuming its checkpoint) and then written there."""
     net = NETS[net_name]
+    options = options_for(net, variant)
+    final = TRAINED / f"{net_name}-{variant}.pt"
+    data = fingerprint([train_set.images, train_set.labels])
+    if final.exists():
+        record = load_torch(final, "trained model")
+        same_options = {**asdict(TrainOptions()), **record["options"]} == asdict(options)
+        if same_options and record["train_data"] == data:
+            print(f"  {net_name} {variant}: trained ANN from {final.relative_to(ROOT)}")
+            return model_from_record(record)
+        print(f"  {net_name} {variant}: {final.relative_to(ROOT)} was trained with other options or images: training")
     RUNS.mkdir(parents=True, exist_ok=True)
     checkpoint = RUNS / f"{net_name}-{variant}.pt"
     started = time.perf_counter()
-    model, record = train(net.arch, train_set, test_set, options_for(net, variant), checkpoint, progress=False, log=True)
+    model, record = train(net.arch, train_set, test_set, options, checkpoint, progress=False, log=True)
     print(f"  {net_name} {variant}: ANN {record['history'][-1]['test_accuracy']:.2f} % ({time.perf_counter() - started:.0f} s)")
+    TRAINED.mkdir(parents=True, exist_ok=True)
+    save_torch(final, {key: record[key] for key in TRAINED_KEYS})
     return model
 
 
@@ -217,6 +235,9 @@ def run(net_name: str, data_root: str | None, force: bool, test_size: int | None
             "ann_macs_per_layer": macs["layers"],
             "to_ann_minus_1pt": result.cost_to_reach(ann - 1.0),
             "wall_time_s": time.perf_counter() - started,
+            # per entry: the file's header says only what the last run (maybe a no-op) had
+            "threads": torch.get_num_threads(),
+            "date": str(datetime.date.today()),
         }
         results["conversions"][conversion.label] = entry
         save(results_path, results)
@@ -393,7 +414,7 @@ def report(results_path: Path) -> None:
     curves = {label: torch.tensor(entry["accuracy_curve"]) for label, entry in conversions.items()}
     plot_accuracy(
         curves, docs / f"low_latency_{name}.png", title=f"{net}: SNN accuracy after t steps", log_steps=True,
-        ann_accuracy=results["ann"]["relu"],
+        ann_accuracy=results["ann"].get("relu"),
     )  # fmt: skip
     if "fit_curves" in results:
         plot_fit_curves(results["fit_curves"], docs / f"low_latency_{name}_fit.png", title=f"{net}: K(t), Ding eq. 7")
