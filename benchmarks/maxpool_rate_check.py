@@ -6,10 +6,13 @@ the quarter-width VGG-16 of benchmarks/low_latency.py better at low T than the r
 analog input, accuracy at T = 4 ... 64. Then where the rate error enters (count gates):
 per stage, ||rate(T = 32) - clip(ideal rate, 0, 1)|| / ||clip(ideal rate, 0, 1)|| on 100
 test images, ideal = the ANN's activation over the threshold, for the ReLU net with MSE
-thresholds and after advanced calibration (G: a max-pool gate). Needs the low-latency
-checkpoints (about 5 min).
+thresholds and after advanced calibration (G: a max-pool gate); for a clip-activation net
+(``--variants qcfs4``), ideal = each stage's clipped rate if every stage before it fired
+exactly its own, at T = 8 and 32. Needs the trained nets (benchmarks/runs/
+low_latency_trained/, else the training checkpoints; about 5 min per variant).
 
     python benchmarks/maxpool_rate_check.py   # from the project root, CIFAR-10 in ../shared/datasets
+    python benchmarks/maxpool_rate_check.py --variants qcfs4
 
 2026-11-29 (1 thread): no. The gate without memory is ahead by at most 5.3 pt at T <= 16 and
 behind from T = 32 (64.10 against 66.70 %; 39.90 against 48.20 % on the ReLU net):
@@ -24,8 +27,19 @@ calibration); it stays at 0.2-0.4 from there and grows at the classifier:
 
     mse      0:0.06 3:0.10 6G:0.27 7:0.25 10:0.29 13G:0.33 14:0.34 ... 43G:0.35 45:0.39 48:0.43 51:0.56
     advanced 0:0.06 3:0.09 6G:0.26 7:0.22 10:0.24 13G:0.28 14:0.27 ... 43G:0.31 45:0.31 48:0.36 51:0.45
+
+2026-12-08 (--variants qcfs4, 1 thread): QCFS L = 4 (V(0) = theta/2) is behind its ANN by
+11.3 pt at T = 8 and 3.9 pt at T = 32 on these 1,000 images; the gate without memory is
+worse at every T (54.10 against 60.90 % at T = 8). The first gate doubles the error at
+T = 8 and quadruples it at T = 32; the error then grows with depth:
+
+    qcfs4 maxnorm count   ANN 72.20 T=4:57.10 T=8:60.90 T=16:65.70 T=32:68.30 T=64:72.40
+    qcfs4 maxnorm spikes  ANN 72.20 T=4:54.00 T=8:54.10 T=16:53.40 T=32:51.40 T=64:51.00
+    T=8  0:0.07 3:0.11 6G:0.22 7:0.22 10:0.23 13G:0.28 ... 33G:0.40 34:0.42 37:0.48 40:0.59 43G:0.53 ... 51:0.52
+    T=32 0:0.02 3:0.03 6G:0.13 7:0.12 10:0.12 13G:0.15 ... 33G:0.22 34:0.23 37:0.27 40:0.35 43G:0.31 ... 51:0.33
 """
 
+import argparse
 from pathlib import Path
 
 import torch
@@ -35,29 +49,70 @@ from spikeconv.conversion.calibration import calibrate_snn
 from spikeconv.io.data import load_dataset
 from spikeconv.training import evaluate_ann, load_model
 
-RUNS = Path(__file__).resolve().parent / "runs" / "low_latency"
+HERE = Path(__file__).resolve().parent
+# each variant's conversion: the ReLU net gets clip-floor MSE thresholds, the others their own clip
+CONVERSION = {"relu": ("mse", {"T": 32, "initial_potential": 0.5})}
 
-torch.set_num_threads(1)
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+parser.add_argument("--variants", default="threshold,relu", help="low_latency.py variants of vgg-cifar (trained)")
+parser.add_argument("--threads", type=int, default=1)
+args = parser.parse_args()
+torch.set_num_threads(args.threads)
 test = load_dataset("cifar10", "test", "../shared/datasets").subset(1000, seed=0)
 calibration = load_dataset("cifar10", "train", "../shared/datasets").subset(1000, seed=1).tensors()[0]
-for variant, rule, options in (("threshold", "maxnorm", {}), ("relu", "mse", {"T": 32, "initial_potential": 0.5})):
-    model, _ = load_model(RUNS / f"vgg-cifar-{variant}.pt")
-    model.eval()
+images = test.subset(100, seed=0).tensors()[0]
+
+
+def trained(variant: str) -> torch.nn.Module:
+    """The committed trained ANN, else the (uncommitted) training checkpoint."""
+    path = HERE / "runs" / "low_latency_trained" / f"vgg-cifar-{variant}.pt"
+    if not path.exists():
+        path = HERE / "runs" / "low_latency" / f"vgg-cifar-{variant}.pt"
+    return load_model(path)[0].eval()
+
+
+def clipped_rates(net: spikeconv.SpikingNetwork, x: torch.Tensor) -> list[torch.Tensor]:
+    """For a net of clip activations (threshold ReLU, QCFS): the rate each stage ideally
+    fires at, clip(synapse(ideal rates before) / threshold, 0, 1), a gate's the max of them."""
+    rates: list[torch.Tensor] = []
+    for index, stage in enumerate(net.spiking_stages):
+        inputs = [x if s < 0 else rates[s] for s in stage.source_indices(index)]
+        if stage.gate is not None:
+            g = stage.gate
+            rates.append(torch.nn.functional.max_pool2d(inputs[0], g.kernel_size, g.stride, g.padding))
+            continue
+        z = stage.synapse(*inputs) / stage.neuron.threshold
+        rates.append(z if stage.is_output else z.clamp(0, 1))
+    return rates
+
+
+def stage_errors(net: spikeconv.SpikingNetwork, T: int, ideals: list[torch.Tensor]) -> str:
+    """Per stage: ||rate(T) - clip(ideal, 0, 1)|| / ||clip(ideal, 0, 1)|| on ``images``."""
+    counts = spikeconv.simulate(net, images, T=T, record_counts=True, progress=False).spike_counts
+    errors = []
+    for stage, ideal in zip(net.spiking_stages, ideals, strict=True):
+        ideal = ideal.double().clamp(0, 1)
+        error = float((counts[stage.name].double() / T - ideal).norm() / ideal.norm())
+        errors.append(f"{stage.name}{'G' if stage.gate is not None else ''}:{error:.2f}")
+    return " ".join(errors)
+
+
+for variant in args.variants.split(","):
+    model = trained(variant)
+    rule, options = CONVERSION.get(variant, ("maxnorm", {}))
     ann = evaluate_ann(model, test)
     for rate in ("count", "spikes"):
         snn = spikeconv.convert(model, calibration, rule=rule, maxpool_rate=rate, **options)
         result = spikeconv.simulate(snn, test, T=64, batch_size=200, progress=False)
         steps = " ".join(f"T={t}:{result.accuracy_at(t):.2f}" for t in (4, 8, 16, 32, 64))
         print(f"{variant} {rule} {rate:7s} ANN {ann:.2f} {steps}", flush=True)
-
-model, _ = load_model(RUNS / "vgg-cifar-relu.pt")
-images = test.subset(100, seed=0).tensors()[0]
-snn = spikeconv.convert(model.eval(), calibration, rule="mse", T=32, initial_potential=0.5)
-for label, net in (("mse", snn), ("advanced", calibrate_snn(snn, calibration, T=32, mode="advanced"))):
-    counts = spikeconv.simulate(net, images, T=32, record_counts=True, progress=False).spike_counts
-    errors = []
-    for stage, ideal in zip(net.spiking_stages, net.analog_forward(images), strict=True):
-        ideal = ideal.double().clamp(0, 1)
-        error = float((counts[stage.name].double() / 32 - ideal).norm() / ideal.norm())
-        errors.append(f"{stage.name}{'G' if stage.gate is not None else ''}:{error:.2f}")
-    print(f"{label:8s}", " ".join(errors), flush=True)
+    if variant == "relu":
+        snn = spikeconv.convert(model, calibration, rule="mse", T=32, initial_potential=0.5)
+        for label, net in (("mse", snn), ("advanced", calibrate_snn(snn, calibration, T=32, mode="advanced"))):
+            print(f"{label:8s}", stage_errors(net, 32, net.analog_forward(images)), flush=True)
+    else:
+        snn = spikeconv.convert(model, calibration, rule=rule, **options)
+        with torch.no_grad():
+            ideals = clipped_rates(snn, images.to(snn.dtype))
+        for T in (8, 32):
+            print(f"{variant} T={T}", stage_errors(snn, T, ideals), flush=True)
