@@ -71,21 +71,6 @@ def trained(variant: str) -> torch.nn.Module:
     return load_model(path)[0].eval()
 
 
-def clipped_rates(net: spikeconv.SpikingNetwork, x: torch.Tensor) -> list[torch.Tensor]:
-    """For a net of clip activations (threshold ReLU, QCFS): the rate each stage ideally
-    fires at, clip(synapse(ideal rates before) / threshold, 0, 1), a gate's the max of them."""
-    rates: list[torch.Tensor] = []
-    for index, stage in enumerate(net.spiking_stages):
-        inputs = [x if s < 0 else rates[s] for s in stage.source_indices(index)]
-        if stage.gate is not None:
-            g = stage.gate
-            rates.append(torch.nn.functional.max_pool2d(inputs[0], g.kernel_size, g.stride, g.padding))
-            continue
-        z = stage.synapse(*inputs) / stage.neuron.threshold
-        rates.append(z if stage.is_output else z.clamp(0, 1))
-    return rates
-
-
 def stage_errors(net: spikeconv.SpikingNetwork, T: int, ideals: list[torch.Tensor]) -> str:
     """Per stage: ||rate(T) - clip(ideal, 0, 1)|| / ||clip(ideal, 0, 1)|| on ``images``."""
     counts = spikeconv.simulate(net, images, T=T, record_counts=True, progress=False).spike_counts
@@ -112,7 +97,6 @@ for variant in args.variants.split(","):
             print(f"{label:8s}", stage_errors(net, 32, net.analog_forward(images)), flush=True)
     else:
         snn = spikeconv.convert(model, calibration, rule=rule, **options)
-        with torch.no_grad():
-            ideals = clipped_rates(snn, images.to(snn.dtype))
+        ideals = snn.analog_forward(images, clip=True)  # each stage's clipped rate if those before fired theirs
         for T in (8, 32):
             print(f"{variant} T={T}", stage_errors(snn, T, ideals), flush=True)

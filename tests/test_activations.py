@@ -155,6 +155,17 @@ def test_threshold_relu_starts_at_half_its_threshold_unless_trained_with_the_shi
         assert 0 < float(expected.sum()) < T * expected.numel()
 
 
+def test_the_clipped_analog_forward_reproduces_a_clip_activation_net():
+    """``analog_forward(clip=True)`` is the threshold-ReLU ANN (up to the output scale);
+    without ``clip`` the hidden rates above 1 pass on unclipped."""
+    x = grid_images(20)
+    model = _net(lambda: ThresholdReLU(0.25))  # a low clip: many activations are clipped
+    snn = spikeconv.convert(model, x, rule="maxnorm")
+    scale = snn.info.mapping.layers[-1].scale
+    torch.testing.assert_close(snn.analog_forward(x, clip=True)[-1] * scale, model(x))
+    assert not torch.allclose(snn.analog_forward(x)[-1] * scale, model(x))
+
+
 def test_rate_norm_converts_to_its_threshold_and_the_division_moves_to_the_next_layer():
     model = _net(lambda: RateNorm(p_init=0.5))
     with torch.no_grad():

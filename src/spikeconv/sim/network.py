@@ -154,9 +154,11 @@ class SpikingNetwork(nn.Module):
         return outputs[-1]
 
     @torch.no_grad()
-    def analog_forward(self, x: Tensor) -> list[Tensor]:
+    def analog_forward(self, x: Tensor, *, clip: bool = False) -> list[Tensor]:
         """The rate each stage ideally fires at (ANN activation / lambda_l), unclipped:
-        ``relu(synapse(a_prev)) / threshold`` stage by stage (Yang eqs. 8 and 11)."""
+        ``relu(synapse(a_prev)) / threshold`` stage by stage (Yang eqs. 8 and 11). With
+        ``clip=True`` each hidden stage's rate is clamped to [0, 1] before the next stage
+        reads it: the ANN of clip activations (threshold ReLU, QCFS without its floor)."""
         rates: list[Tensor] = []
         x = x.to(self.dtype)
         for index, stage in enumerate(self.spiking_stages):
@@ -169,7 +171,7 @@ class SpikingNetwork(nn.Module):
             if isinstance(threshold, Tensor):
                 threshold = threshold.to(device=x.device, dtype=x.dtype)
             z = stage.synapse(*inputs) / threshold
-            rates.append(z if stage.is_output else torch.relu(z))
+            rates.append(z if stage.is_output else z.clamp(0, 1) if clip else torch.relu(z))
         return rates
 
     def describe(self) -> dict[str, Any]:
