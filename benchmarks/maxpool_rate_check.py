@@ -91,12 +91,11 @@ for variant in args.variants.split(","):
         result = spikeconv.simulate(snn, test, T=64, batch_size=200, progress=False)
         steps = " ".join(f"T={t}:{result.accuracy_at(t):.2f}" for t in (4, 8, 16, 32, 64))
         print(f"{variant} {rule} {rate:7s} ANN {ann:.2f} {steps}", flush=True)
+    snn = spikeconv.convert(model, calibration, rule=rule, **options)  # count gates
     if variant == "relu":
-        snn = spikeconv.convert(model, calibration, rule="mse", T=32, initial_potential=0.5)
         for label, net in (("mse", snn), ("advanced", calibrate_snn(snn, calibration, T=32, mode="advanced"))):
             print(f"{label:8s}", stage_errors(net, 32, net.analog_forward(images)), flush=True)
     else:
-        snn = spikeconv.convert(model, calibration, rule=rule, **options)
         ideals = snn.analog_forward(images, clip=True)  # each stage's clipped rate if those before fired theirs
         for T in (8, 32):
             print(f"{variant} T={T}", stage_errors(snn, T, ideals), flush=True)
