@@ -233,6 +233,21 @@ def test_ding_theorem_2_bounds_the_first_layers_fit_curve():
     assert set(curves) == {s.name for s in snn.spiking_stages}
 
 
+def test_the_fit_curve_of_a_clip_activation_net_measures_against_its_clipped_ann():
+    """With a quarter of the first layer's inputs above theta, the second layer's r_hat must
+    come from the clipped first layer (the ANN's): the SNN converges to it, not to the
+    unclipped propagation."""
+    model = _net(lambda: ThresholdReLU(0.5))
+    x = grid_images(10, seed=2)
+    snn = spikeconv.convert(model, x, rule="maxnorm", initial_potential=0.5)
+    assert float((snn.analog_forward(x)[0] > 1).double().mean()) > 0.2
+    plain, clipped = fit_curve(snn, x, T=256), fit_curve(snn, x, T=256, clip=True)
+    first, second = (s.name for s in snn.spiking_stages[:2])
+    assert torch.equal(plain[first], clipped[first])  # the first layer reads the input either way
+    assert float(clipped[second][-1]) < 1e-3
+    assert float(plain[second][-1]) > 1e-2
+
+
 def test_a_trained_qcfs_digits_net_matches_its_ann_within_a_point_at_8_steps(digits):
     """Low latency in practice: QCFS (L = 4) on the 8x8 digits, 30 epochs (a few seconds)."""
     from spikeconv.models import build_model

@@ -95,19 +95,25 @@ def rate_correlation(
     return report
 
 
-def fit_curve(snn: SpikingNetwork, images: Tensor, T: int, coding: str = "constant", seed: int = 0) -> dict[str, Tensor]:
+def fit_curve(
+    snn: SpikingNetwork, images: Tensor, T: int, coding: str = "constant", seed: int = 0, *, clip: bool = False
+) -> dict[str, Tensor]:
     """Ding et al.'s optimal fit curve (eq. 7) of every layer over time:
     ``K(t) = ||r(t) - r_hat||^2 / ||r_hat||^2``, with r(t) each neuron's spike count after t
     steps divided by t and r_hat its ideal rate (the normalized ANN activation clipped to
     [0, 1]), summed over all neurons of the layer and all ``images``. ``{layer: [T]}``; with
     constant input Theorem 2 bounds it by ``2 Omega / t`` (:func:`rate_inference_loss` of
-    r_hat), for the first layer exactly."""
+    r_hat), for the first layer exactly.
+
+    r_hat is the ANN's own activation: a ReLU net's propagates unclipped (only the rate is
+    clipped), so ``clip=False``; a net trained with clip activations (threshold ReLU, QCFS,
+    Rate Norm) clips every layer before the next reads it, so pass ``clip=True``."""
     from .sim.simulate import simulate
 
     result = simulate(snn, images, T=T, coding=coding, seed=seed, record_trains=True)
     if result.spike_trains is None:  # record_trains=True always fills it
         raise RuntimeError("simulate() returned no spike trains")
-    ideal = snn.analog_forward(images.to(next(snn.parameters()).device))
+    ideal = snn.analog_forward(images.to(next(snn.parameters()).device), clip=clip)
     steps = torch.arange(1, T + 1, dtype=torch.float64).view(-1, 1)
     curves = {}
     for (name, trains), target in zip(result.spike_trains.items(), ideal, strict=True):
