@@ -13,6 +13,7 @@ low_latency_trained/, else the training checkpoints; about 5 min per variant).
 
     python benchmarks/maxpool_rate_check.py   # from the project root, CIFAR-10 in ../shared/datasets
     python benchmarks/maxpool_rate_check.py --variants qcfs4
+    python benchmarks/maxpool_rate_check.py --net resnet20-cifar --variants relu   # no gates: errors only
 
 2026-11-29 (1 thread): no. The gate without memory is ahead by at most 5.3 pt at T <= 16 and
 behind from T = 32 (64.10 against 66.70 %; 39.90 against 48.20 % on the ReLU net):
@@ -37,6 +38,16 @@ T = 8 and quadruples it at T = 32; the error then grows with depth:
     qcfs4 maxnorm spikes  ANN 72.20 T=4:54.00 T=8:54.10 T=16:53.40 T=32:51.40 T=64:51.00
     T=8  0:0.07 3:0.11 6G:0.22 7:0.22 10:0.23 13G:0.28 ... 33G:0.40 34:0.42 37:0.48 40:0.59 43G:0.53 ... 51:0.52
     T=32 0:0.02 3:0.03 6G:0.13 7:0.12 10:0.12 13G:0.15 ... 33G:0.22 34:0.23 37:0.27 40:0.35 43G:0.31 ... 51:0.33
+
+2026-12-08 (--net resnet20-cifar --variants relu --no-advanced, 1 thread, beside a training):
+ResNet-20 has no gates, yet with clip-floor MSE thresholds its error at T = 32 grows with
+depth as VGG-16/4's does with them, stepping up at the two downsampling blocks (layers.3,
+layers.6; relu_8 / relu_14 are their outputs after the shortcut's addition) to 0.46 in the
+last block and 0.62 at the classifier:
+
+    mse conv1:0.07 layers.0.conv1:0.12 layers.0.conv2:0.12 layers.1.conv1:0.18 ... layers.3.conv1:0.21
+        relu_8:0.22 layers.4.conv1:0.29 ... layers.6.conv1:0.35 relu_14:0.38 layers.7.conv1:0.44
+        layers.7.conv2:0.41 layers.8.conv1:0.50 layers.8.conv2:0.46 linear:0.62
 """
 
 import argparse
@@ -54,7 +65,15 @@ HERE = Path(__file__).resolve().parent
 CONVERSION = {"relu": ("mse", {"T": 32, "initial_potential": 0.5})}
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-parser.add_argument("--variants", default="threshold,relu", help="low_latency.py variants of vgg-cifar (trained)")
+parser.add_argument(
+    "--net", default="vgg-cifar", choices=("vgg-cifar", "vgg-avg-cifar", "resnet20-cifar"),
+    help="which low_latency.py net; one without max-pools gets the per-stage error tables only",
+)  # fmt: skip
+parser.add_argument("--variants", default="threshold,relu", help="low_latency.py variants of --net (trained)")
+parser.add_argument(
+    "--advanced", action=argparse.BooleanOptionalAction, default=True,
+    help="also the ReLU net's errors after advanced calibration (minutes on ResNet-20)",
+)  # fmt: skip
 parser.add_argument("--threads", type=int, default=1)
 args = parser.parse_args()
 torch.set_num_threads(args.threads)
@@ -65,9 +84,9 @@ images = test.subset(100, seed=0).tensors()[0]
 
 def trained(variant: str) -> torch.nn.Module:
     """The committed trained ANN, else the (uncommitted) training checkpoint."""
-    path = HERE / "runs" / "low_latency_trained" / f"vgg-cifar-{variant}.pt"
+    path = HERE / "runs" / "low_latency_trained" / f"{args.net}-{variant}.pt"
     if not path.exists():
-        path = HERE / "runs" / "low_latency" / f"vgg-cifar-{variant}.pt"
+        path = HERE / "runs" / "low_latency" / f"{args.net}-{variant}.pt"
     return load_model(path)[0].eval()
 
 
@@ -86,15 +105,17 @@ for variant in args.variants.split(","):
     model = trained(variant)
     rule, options = CONVERSION.get(variant, ("maxnorm", {}))
     ann = evaluate_ann(model, test)
-    for rate in ("count", "spikes"):
-        snn = spikeconv.convert(model, calibration, rule=rule, maxpool_rate=rate, **options)
-        result = spikeconv.simulate(snn, test, T=64, batch_size=200, progress=False)
+    snn = spikeconv.convert(model, calibration, rule=rule, **options)  # count gates
+    for rate in ("count", "spikes") if any(stage.gate is not None for stage in snn.spiking_stages) else ():
+        net = snn if rate == "count" else spikeconv.convert(model, calibration, rule=rule, maxpool_rate=rate, **options)
+        result = spikeconv.simulate(net, test, T=64, batch_size=200, progress=False)
         steps = " ".join(f"T={t}:{result.accuracy_at(t):.2f}" for t in (4, 8, 16, 32, 64))
         print(f"{variant} {rule} {rate:7s} ANN {ann:.2f} {steps}", flush=True)
-    snn = spikeconv.convert(model, calibration, rule=rule, **options)  # count gates
     if variant == "relu":
-        for label, net in (("mse", snn), ("advanced", calibrate_snn(snn, calibration, T=32, mode="advanced"))):
-            print(f"{label:8s}", stage_errors(net, 32, net.analog_forward(images)), flush=True)
+        print("mse     ", stage_errors(snn, 32, snn.analog_forward(images)), flush=True)
+        if args.advanced:
+            net = calibrate_snn(snn, calibration, T=32, mode="advanced")
+            print("advanced", stage_errors(net, 32, net.analog_forward(images)), flush=True)
     else:
         ideals = snn.analog_forward(images, clip=True)  # each stage's clipped rate if those before fired theirs
         for T in (8, 32):
