@@ -298,8 +298,10 @@ PAPERS: dict[str, list[str]] = {
     ],
     "resnet20-cifar": [
         "Bu et al. 2022 (QCFS), ResNet-20, CIFAR-10, ANN 91.77 %: SNN 83.75 / 89.55 / 91.62 % at T = 4 / 8 / 16.",
-        "Ding et al. 2021 Table 1 (best SNN accuracy, conversion loss ANN - SNN at long T), ResNet-20, CIFAR-10: "
-        "Sengupta et al. 2019 87.46 % (+1.64 pt), Han et al. 2020 91.36 % (+0.11 pt).",
+        (
+            "Ding et al. 2021 Table 1 (best SNN accuracy, conversion loss ANN - SNN at long T), ResNet-20, "
+            "CIFAR-10: Sengupta et al. 2019 87.46 % (+1.64 pt), Han et al. 2020 91.36 % (+0.11 pt)."
+        ),
     ],
 }
 FIT_NETS = ("ReLU, max-norm", "RNL + RIL (two stages)", "QCFS L=8")
